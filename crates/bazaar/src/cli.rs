@@ -1,0 +1,159 @@
+//! Command-line interface definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "bazaar", version, about = "bazaar: a microservices shop you can run, read, break and extend")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand understands.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Configuration file (default: ./bazaar.toml when it exists).
+    #[arg(long, global = true, env = "BAZAAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Gateway base URL, for client commands.
+    #[arg(long, global = true, env = "BAZAAR_GATEWAY", default_value = "http://127.0.0.1:8080")]
+    pub gateway: String,
+    /// Registry base URL, for `status`.
+    #[arg(long, global = true, env = "BAZAAR_REGISTRY_URL", default_value = bazaar_kit::config::DEFAULT_REGISTRY_URL)]
+    pub registry: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole system: every service as its own supervised process.
+    Up(UpArgs),
+    /// Run one service in this process (what a container runs).
+    Serve(ServeArgs),
+    /// Health of every registered instance.
+    Status(StatusArgs),
+    /// Browse and manage the product catalogue through the gateway.
+    Products(ProductsArgs),
+    /// Measure gateway throughput and added latency.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Gateway port.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Where every service keeps its data (one subdirectory each).
+    #[arg(long, default_value = ".bazaar")]
+    pub data_dir: PathBuf,
+    /// Start only these services (comma-separated); the registry always starts.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Start every service except these (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub without: Vec<String>,
+    /// Port of the first non-gateway service; the others follow.
+    #[arg(long, default_value_t = 8081)]
+    pub base_port: u16,
+    /// Instances of each business service to start.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u16,
+    /// Write each service's output to <data-dir>/logs/<service>.log instead of the terminal.
+    #[arg(long)]
+    pub log_files: bool,
+    /// Exit once everything is ready (for scripts and tests) instead of supervising.
+    #[arg(long, hide = true)]
+    pub exit_when_ready: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The service to run.
+    pub service: String,
+    /// Port to listen on (overrides configuration).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Interface to listen on (overrides configuration).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// This service's data directory (overrides configuration).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL, sqlite:// or postgres:// (overrides configuration).
+    #[arg(long)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Exit non-zero unless every instance is up.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProductsArgs {
+    #[command(subcommand)]
+    pub command: ProductsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProductsCommand {
+    /// List products, with search, filter, sort and paging.
+    List {
+        /// Text to search in names and descriptions.
+        #[arg(long, short)]
+        q: Option<String>,
+        /// Category slug.
+        #[arg(long, short)]
+        category: Option<String>,
+        /// name, -name, price, -price, newest.
+        #[arg(long)]
+        sort: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        page: u32,
+        #[arg(long, default_value_t = 20)]
+        per_page: u32,
+    },
+    /// Show one product.
+    Get { id: String },
+    /// List categories.
+    Categories,
+    /// Create a product from a JSON file (`-` for standard input).
+    Create { file: PathBuf },
+    /// Replace a product from a JSON file (`-` for standard input).
+    Update { id: String, file: PathBuf },
+    /// Delete a product.
+    Delete { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Load the catalog directly and through the gateway, and compare.
+    Gateway {
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Path to request.
+        #[arg(long, default_value = "/api/v1/products/kitchen-espresso-cup-set")]
+        path: String,
+        /// Run against an already running system instead of starting one.
+        #[arg(long)]
+        external: bool,
+    },
+}

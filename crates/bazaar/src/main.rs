@@ -1,0 +1,36 @@
+//! The `bazaar` binary: parses the command line and hands each subcommand to its module.
+
+use clap::Parser;
+
+mod bench;
+mod cli;
+mod output;
+mod products;
+mod serve;
+mod services;
+mod status;
+mod supervisor;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            cli::Command::Up(args) => supervisor::up(cli.global, args).await,
+            cli::Command::Serve(args) => serve::serve(cli.global, args).await,
+            cli::Command::Status(args) => status::status(cli.global, args).await,
+            cli::Command::Products(args) => products::products(cli.global, args).await,
+            cli::Command::Bench(args) => bench::bench(cli.global, args).await,
+        }
+    });
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

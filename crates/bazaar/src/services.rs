@@ -1,0 +1,89 @@
+//! The table of services this binary can run: name, default port, and how to build it.
+//! Adding a service means adding one line here (and to `up`'s start order).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bazaar_kit::config::{CommonConfig, Sources};
+use bazaar_kit::server::Service;
+
+type BuildFuture = Pin<Box<dyn Future<Output = anyhow::Result<Service>> + Send>>;
+
+/// One runnable service.
+pub struct ServiceSpec {
+    pub name: &'static str,
+    pub default_port: u16,
+    /// Whether `up` starts `--replicas` instances of it (business services) or exactly one.
+    pub replicable: bool,
+    /// Loads its configuration and builds it.
+    pub build: fn(Sources) -> BuildFuture,
+}
+
+fn boxed<C, F, Fut>(
+    name: &'static str,
+    port: u16,
+    sources: Sources,
+    build: F,
+) -> BuildFuture
+where
+    C: serde::Serialize + serde::de::DeserializeOwned + Default + Send + 'static,
+    F: FnOnce(CommonConfig, C) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<Service>> + Send + 'static,
+{
+    Box::pin(async move {
+        let (common, config) = sources.load::<C>(CommonConfig::defaults(name, port))?;
+        bazaar_kit::telemetry::init_logging(common.log_format, &common.log_level);
+        build(common, config).await
+    })
+}
+
+/// Every service, in start order: the registry first, the gateway last.
+pub const SERVICES: &[ServiceSpec] = &[
+    ServiceSpec {
+        name: bazaar_registry::NAME,
+        default_port: bazaar_registry::DEFAULT_PORT,
+        replicable: false,
+        build: |s| {
+            boxed(
+                bazaar_registry::NAME,
+                bazaar_registry::DEFAULT_PORT,
+                s,
+                bazaar_registry::build,
+            )
+        },
+    },
+    ServiceSpec {
+        name: bazaar_catalog::NAME,
+        default_port: bazaar_catalog::DEFAULT_PORT,
+        replicable: true,
+        build: |s| {
+            boxed(
+                bazaar_catalog::NAME,
+                bazaar_catalog::DEFAULT_PORT,
+                s,
+                bazaar_catalog::build,
+            )
+        },
+    },
+    ServiceSpec {
+        name: bazaar_gateway::NAME,
+        default_port: bazaar_gateway::DEFAULT_PORT,
+        replicable: false,
+        build: |s| {
+            boxed(
+                bazaar_gateway::NAME,
+                bazaar_gateway::DEFAULT_PORT,
+                s,
+                bazaar_gateway::build,
+            )
+        },
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static ServiceSpec> {
+    SERVICES.iter().find(|s| s.name == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    SERVICES.iter().map(|s| s.name).collect()
+}

@@ -1,0 +1,98 @@
+//! The catalog service: product data (categories, products, search) for the storefront, the
+//! admin console and the other services.
+//!
+//! Code map:
+//! - [`model`]: the wire contract (DTOs) and input validation;
+//! - [`repository`]: every SQL statement, portable across SQLite and PostgreSQL;
+//! - [`seed`]: the compiled-in seed catalogue, loaded on first start;
+//! - `api`: the handlers and the OpenAPI document.
+//!
+//! Invariants: SKUs are unique; every product's category exists; `version` grows by one per
+//! update; images are stored as given (logical asset paths or absolute URLs) and only turned
+//! into hashed public URLs on the way out, so a changed asset never needs a data migration.
+
+mod api;
+pub mod model;
+pub mod repository;
+pub mod seed;
+
+use bazaar_kit::config::CommonConfig;
+use bazaar_kit::server::Service;
+use bazaar_kit::storage::Database;
+use serde::{Deserialize, Serialize};
+
+pub use api::{openapi, router};
+pub use repository::Repository;
+
+/// Catalog name in the registry.
+pub const NAME: &str = "catalog";
+/// Default port.
+pub const DEFAULT_PORT: u16 = 8082;
+
+/// The catalog's migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Catalog-specific settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    /// Load the built-in catalogue when the products table is empty.
+    pub seed: bool,
+    /// Largest `per_page` a listing accepts; more is a 400 naming `per_page`.
+    pub max_per_page: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            seed: true,
+            max_per_page: 100,
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub repository: Repository,
+    pub max_per_page: u32,
+}
+
+impl AppState {
+    pub fn new(repository: Repository, config: &Config) -> Self {
+        Self {
+            repository,
+            // A cap of 0 would refuse every listing: treat it as 1.
+            max_per_page: config.max_per_page.max(1),
+        }
+    }
+}
+
+/// Opens (and migrates) the database at `url`, seeding it when `config.seed` says so.
+pub async fn open(url: &str, config: &Config) -> anyhow::Result<Repository> {
+    // Parse the seed before touching the database, so a bad data file fails fast.
+    let seed = if config.seed {
+        Some(seed::builtin()?)
+    } else {
+        None
+    };
+    let db = Database::open(url, &MIGRATOR).await?;
+    let repository = Repository::new(db);
+    if let Some(seed) = seed {
+        seed::load(&repository, &seed).await?;
+    }
+    Ok(repository)
+}
+
+/// Builds the catalog service.
+pub async fn build(common: CommonConfig, config: Config) -> anyhow::Result<Service> {
+    let repository = open(&common.database_url(), &config).await?;
+    let db = repository.database().clone();
+    let router = router(AppState::new(repository, &config));
+    Ok(Service::new(common, router)
+        .with_openapi(openapi())
+        .ready_when("database", move || {
+            let db = db.clone();
+            async move { db.ping().await }
+        }))
+}

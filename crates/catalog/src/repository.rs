@@ -1,0 +1,558 @@
+//! Every SQL statement of the catalog, so handlers never see SQL and the portable subset is
+//! kept in one place.
+//!
+//! The statements run unchanged on SQLite and PostgreSQL through `sqlx::Any`: `$n`
+//! placeholders, `TEXT`/`BIGINT`/`BOOLEAN` columns, JSON kept as `TEXT`, times as Unix
+//! milliseconds, rows read with `Row::try_get` into the few types `Any` supports.
+//!
+//! Writes check their preconditions (category exists, SKU free, expected version) inside the
+//! same transaction as the write; the table constraints (`UNIQUE`, `REFERENCES`) back those
+//! checks up when two writers race, and their violations are mapped to the same errors.
+
+use std::collections::BTreeMap;
+
+use bazaar_kit::storage::{now_ms, Database};
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, Row};
+
+use crate::model::{Category, Money, ProductFilter, ProductInput, Sort, StoredProduct};
+
+/// Why a repository call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("no product with id {0}")]
+    NotFound(String),
+    #[error("no category {0}")]
+    UnknownCategory(String),
+    #[error("sku {0} is already used by another product")]
+    SkuTaken(String),
+    #[error("id {0} is already used by another product")]
+    IdTaken(String),
+    /// The product's version is not the one the caller expected (`If-Match`), or it changed
+    /// between our read and our write.
+    #[error("product {id} is at version {actual}, not {expected}")]
+    VersionMismatch {
+        id: String,
+        expected: i64,
+        actual: i64,
+    },
+    /// Another writer changed the product between our read and our write.
+    #[error("product {0} was changed concurrently")]
+    ConcurrentUpdate(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// One bind value: the handful of types the `Any` driver carries.
+#[derive(Debug, Clone)]
+enum Bind {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+}
+
+fn bind_all<'q>(
+    mut query: Query<'q, Any, AnyArguments<'q>>,
+    binds: &[Bind],
+) -> Query<'q, Any, AnyArguments<'q>> {
+    for bind in binds {
+        query = match bind {
+            Bind::Text(s) => query.bind(s.clone()),
+            Bind::Int(i) => query.bind(*i),
+            Bind::Bool(b) => query.bind(*b),
+        };
+    }
+    query
+}
+
+/// The escape character of search patterns. `!` rather than `\` because a backslash in a SQL
+/// literal means different things depending on PostgreSQL's `standard_conforming_strings`.
+const LIKE_ESCAPE: char = '!';
+
+/// A `LIKE` pattern matching `text` anywhere, with the wildcards in `text` taken literally.
+pub fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if c == '%' || c == '_' || c == LIKE_ESCAPE {
+            pattern.push(LIKE_ESCAPE);
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// The sort key of a name: hex of its lowercased UTF-8, so `ORDER BY` compares bytes on every
+/// engine and under every collation.
+pub fn name_key(name: &str) -> String {
+    hex::encode(name.to_lowercase().as_bytes())
+}
+
+/// A category as the seed provides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCategory {
+    pub slug: String,
+    pub name: String,
+    pub description: String,
+    pub position: i64,
+}
+
+const PRODUCT_COLUMNS: &str = "id, sku, name, description, category, amount_minor, currency, \
+     weight_grams, images, attributes, featured, created_at, updated_at, version";
+
+/// The catalog's data access.
+#[derive(Clone, Debug)]
+pub struct Repository {
+    db: Database,
+}
+
+impl Repository {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Every category, in display order, with its product count.
+    pub async fn list_categories(&self) -> Result<Vec<Category>, RepoError> {
+        let rows = sqlx::query(
+            "SELECT c.slug, c.name, c.description, COUNT(p.id) AS product_count \
+             FROM categories c LEFT JOIN products p ON p.category = c.slug \
+             GROUP BY c.slug, c.name, c.description, c.position \
+             ORDER BY c.position, c.slug",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Category {
+                    slug: row.try_get("slug")?,
+                    name: row.try_get("name")?,
+                    description: row.try_get("description")?,
+                    product_count: row.try_get("product_count")?,
+                })
+            })
+            .collect()
+    }
+
+    /// One page of products matching `filter`, and how many match in all.
+    pub async fn list_products(
+        &self,
+        filter: &ProductFilter,
+    ) -> Result<(Vec<StoredProduct>, u64), RepoError> {
+        let mut conditions = Vec::new();
+        let mut binds = Vec::new();
+        if let Some(q) = &filter.q {
+            binds.push(Bind::Text(contains_pattern(&q.to_lowercase())));
+            let n = binds.len();
+            conditions.push(format!(
+                "(LOWER(name) LIKE ${n} ESCAPE '{LIKE_ESCAPE}' \
+                 OR LOWER(description) LIKE ${n} ESCAPE '{LIKE_ESCAPE}' \
+                 OR LOWER(sku) LIKE ${n} ESCAPE '{LIKE_ESCAPE}')"
+            ));
+        }
+        if let Some(category) = &filter.category {
+            binds.push(Bind::Text(category.clone()));
+            conditions.push(format!("category = ${}", binds.len()));
+        }
+        if let Some(featured) = filter.featured {
+            binds.push(Bind::Bool(featured));
+            conditions.push(format!("featured = ${}", binds.len()));
+        }
+        let where_clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+
+        let count_sql = format!("SELECT COUNT(*) AS total FROM products{where_clause}");
+        let total: i64 = bind_all(sqlx::query(&count_sql), &binds)
+            .fetch_one(self.db.pool())
+            .await?
+            .try_get("total")?;
+
+        // `id` breaks ties so paging is stable.
+        let order = match filter.sort {
+            Sort::Name => "name_key ASC, id ASC",
+            Sort::NameDesc => "name_key DESC, id DESC",
+            Sort::Price => "amount_minor ASC, name_key ASC, id ASC",
+            Sort::PriceDesc => "amount_minor DESC, name_key ASC, id ASC",
+            Sort::Newest => "created_at DESC, id DESC",
+        };
+        let mut page_binds = binds;
+        page_binds.push(Bind::Int(i64::from(filter.per_page)));
+        let limit = page_binds.len();
+        page_binds.push(Bind::Int(
+            i64::from(filter.page - 1) * i64::from(filter.per_page),
+        ));
+        let offset = page_binds.len();
+        let sql = format!(
+            "SELECT {PRODUCT_COLUMNS} FROM products{where_clause} \
+             ORDER BY {order} LIMIT ${limit} OFFSET ${offset}"
+        );
+        let rows = bind_all(sqlx::query(&sql), &page_binds)
+            .fetch_all(self.db.pool())
+            .await?;
+        let items = rows.iter().map(read_product).collect::<Result<_, _>>()?;
+        Ok((items, total.max(0) as u64))
+    }
+
+    /// The product `id`, if any.
+    pub async fn get_product(&self, id: &str) -> Result<Option<StoredProduct>, RepoError> {
+        let row = sqlx::query(&format!(
+            "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1"
+        ))
+        .bind(id.to_owned())
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(read_product).transpose()
+    }
+
+    /// How many products there are.
+    pub async fn count_products(&self) -> Result<i64, RepoError> {
+        let row = sqlx::query("SELECT COUNT(*) AS total FROM products")
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(row.try_get("total")?)
+    }
+
+    /// Creates a product from validated input; its id is `input.id` or a new UUID v7.
+    pub async fn create_product(&self, input: &ProductInput) -> Result<StoredProduct, RepoError> {
+        let id = input
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let now = now_ms();
+        let product = stored(id, input, now, now, 1);
+        let mut tx = self.db.pool().begin().await?;
+        check_category(&mut tx, &input.category).await?;
+        if sku_owner(&mut tx, &input.sku).await?.is_some() {
+            return Err(RepoError::SkuTaken(input.sku.clone()));
+        }
+        let taken = sqlx::query("SELECT id FROM products WHERE id = $1")
+            .bind(product.id.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(RepoError::IdTaken(product.id));
+        }
+        insert(&mut tx, &product, false)
+            .await
+            .map_err(|e| constraint_error(e, &product))?;
+        tx.commit().await?;
+        Ok(product)
+    }
+
+    /// Replaces every client-settable field of product `id`, bumping its version. With
+    /// `expected_version`, refuses unless the product is at that version.
+    pub async fn replace_product(
+        &self,
+        id: &str,
+        input: &ProductInput,
+        expected_version: Option<i64>,
+    ) -> Result<StoredProduct, RepoError> {
+        let mut tx = self.db.pool().begin().await?;
+        let current = sqlx::query(&format!(
+            "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1"
+        ))
+        .bind(id.to_owned())
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(read_product)
+        .transpose()?
+        .ok_or_else(|| RepoError::NotFound(id.to_owned()))?;
+        if let Some(expected) = expected_version {
+            if expected != current.version {
+                return Err(RepoError::VersionMismatch {
+                    id: id.to_owned(),
+                    expected,
+                    actual: current.version,
+                });
+            }
+        }
+        check_category(&mut tx, &input.category).await?;
+        if sku_owner(&mut tx, &input.sku)
+            .await?
+            .is_some_and(|owner| owner != id)
+        {
+            return Err(RepoError::SkuTaken(input.sku.clone()));
+        }
+        // Never let the clock go backwards for one product.
+        let now = now_ms().max(current.updated_at_ms);
+        let product = stored(
+            id.to_owned(),
+            input,
+            current.created_at_ms,
+            now,
+            current.version + 1,
+        );
+        // The version in the WHERE clause makes the read-check-write atomic even on an engine
+        // that did not lock the row on read: a concurrent writer leaves zero rows to update.
+        let result = sqlx::query(
+            "UPDATE products SET sku = $1, name = $2, name_key = $3, description = $4, \
+             category = $5, amount_minor = $6, currency = $7, weight_grams = $8, images = $9, \
+             attributes = $10, featured = $11, updated_at = $12, version = $13 \
+             WHERE id = $14 AND version = $15",
+        )
+        .bind(product.sku.clone())
+        .bind(product.name.clone())
+        .bind(name_key(&product.name))
+        .bind(product.description.clone())
+        .bind(product.category.clone())
+        .bind(product.price.amount_minor)
+        .bind(product.price.currency.clone())
+        .bind(product.weight_grams)
+        .bind(to_json(&product.images))
+        .bind(to_json(&product.attributes))
+        .bind(product.featured)
+        .bind(product.updated_at_ms)
+        .bind(product.version)
+        .bind(id.to_owned())
+        .bind(current.version)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| constraint_error(e, &product))?;
+        if result.rows_affected() != 1 {
+            return Err(RepoError::ConcurrentUpdate(id.to_owned()));
+        }
+        tx.commit().await?;
+        Ok(product)
+    }
+
+    /// Deletes product `id` (at `expected_version`, when given).
+    pub async fn delete_product(
+        &self,
+        id: &str,
+        expected_version: Option<i64>,
+    ) -> Result<(), RepoError> {
+        let result = match expected_version {
+            Some(version) => {
+                sqlx::query("DELETE FROM products WHERE id = $1 AND version = $2")
+                    .bind(id.to_owned())
+                    .bind(version)
+                    .execute(self.db.pool())
+                    .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM products WHERE id = $1")
+                    .bind(id.to_owned())
+                    .execute(self.db.pool())
+                    .await?
+            }
+        };
+        if result.rows_affected() == 1 {
+            return Ok(());
+        }
+        match (self.get_product(id).await?, expected_version) {
+            (Some(current), Some(expected)) => Err(RepoError::VersionMismatch {
+                id: id.to_owned(),
+                expected,
+                actual: current.version,
+            }),
+            _ => Err(RepoError::NotFound(id.to_owned())),
+        }
+    }
+
+    /// Loads the seed in one transaction when the products table is empty; returns how many
+    /// products it inserted (0 when there was nothing to do).
+    ///
+    /// Inserts use `ON CONFLICT DO NOTHING` so two replicas seeding the same empty database at
+    /// once both succeed and the data is there once.
+    pub async fn seed(
+        &self,
+        categories: &[NewCategory],
+        products: &[ProductInput],
+    ) -> Result<u64, RepoError> {
+        let mut tx = self.db.pool().begin().await?;
+        let existing: i64 = sqlx::query("SELECT COUNT(*) AS total FROM products")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("total")?;
+        if existing > 0 {
+            return Ok(0);
+        }
+        for category in categories {
+            sqlx::query(
+                "INSERT INTO categories (slug, name, description, position) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (slug) DO NOTHING",
+            )
+            .bind(category.slug.clone())
+            .bind(category.name.clone())
+            .bind(category.description.clone())
+            .bind(category.position)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let now = now_ms();
+        let mut inserted = 0;
+        for input in products {
+            let id = input
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            let product = stored(id, input, now, now, 1);
+            inserted += insert(&mut tx, &product, true).await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+}
+
+fn stored(
+    id: String,
+    input: &ProductInput,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    version: i64,
+) -> StoredProduct {
+    StoredProduct {
+        id,
+        sku: input.sku.clone(),
+        name: input.name.clone(),
+        description: input.description.clone(),
+        category: input.category.clone(),
+        price: input.price.clone(),
+        weight_grams: input.weight_grams,
+        images: input.images.clone(),
+        attributes: input.attributes.clone(),
+        featured: input.featured,
+        created_at_ms,
+        updated_at_ms,
+        version,
+    }
+}
+
+type Tx = sqlx::Transaction<'static, Any>;
+
+async fn check_category(tx: &mut Tx, slug: &str) -> Result<(), RepoError> {
+    let found = sqlx::query("SELECT slug FROM categories WHERE slug = $1")
+        .bind(slug.to_owned())
+        .fetch_optional(&mut **tx)
+        .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(RepoError::UnknownCategory(slug.to_owned())),
+    }
+}
+
+async fn sku_owner(tx: &mut Tx, sku: &str) -> Result<Option<String>, RepoError> {
+    let row = sqlx::query("SELECT id FROM products WHERE sku = $1")
+        .bind(sku.to_owned())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|r| r.try_get("id")).transpose()?)
+}
+
+/// Inserts `product`; returns the rows inserted (0 when `skip_existing` and it clashed).
+async fn insert(tx: &mut Tx, product: &StoredProduct, skip_existing: bool) -> Result<u64, sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO products ({PRODUCT_COLUMNS}, name_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15){}",
+        if skip_existing {
+            " ON CONFLICT DO NOTHING"
+        } else {
+            ""
+        }
+    );
+    let result = sqlx::query(&sql)
+        .bind(product.id.clone())
+        .bind(product.sku.clone())
+        .bind(product.name.clone())
+        .bind(product.description.clone())
+        .bind(product.category.clone())
+        .bind(product.price.amount_minor)
+        .bind(product.price.currency.clone())
+        .bind(product.weight_grams)
+        .bind(to_json(&product.images))
+        .bind(to_json(&product.attributes))
+        .bind(product.featured)
+        .bind(product.created_at_ms)
+        .bind(product.updated_at_ms)
+        .bind(product.version)
+        .bind(name_key(&product.name))
+        .execute(&mut **tx)
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// Maps a constraint violation met by a racing writer to the error the pre-checks would have
+/// given.
+fn constraint_error(error: sqlx::Error, product: &StoredProduct) -> RepoError {
+    if let sqlx::Error::Database(db) = &error {
+        let message = db.message().to_lowercase();
+        if db.is_unique_violation() {
+            return if message.contains("sku") {
+                RepoError::SkuTaken(product.sku.clone())
+            } else {
+                RepoError::IdTaken(product.id.clone())
+            };
+        }
+        if db.is_foreign_key_violation() {
+            return RepoError::UnknownCategory(product.category.clone());
+        }
+    }
+    RepoError::Database(error)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("strings and maps of strings serialize")
+}
+
+/// `BOOLEAN` comes back as a boolean from PostgreSQL and as an integer from SQLite.
+fn read_bool(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
+    row.try_get::<bool, _>(column)
+        .or_else(|_| row.try_get::<i64, _>(column).map(|v| v != 0))
+}
+
+fn read_product(row: &AnyRow) -> Result<StoredProduct, RepoError> {
+    let id: String = row.try_get("id")?;
+    let images: String = row.try_get("images")?;
+    let attributes: String = row.try_get("attributes")?;
+    let images: Vec<String> = serde_json::from_str(&images)
+        .map_err(|e| RepoError::Corrupt(format!("images of product {id}: {e}")))?;
+    let attributes: BTreeMap<String, String> = serde_json::from_str(&attributes)
+        .map_err(|e| RepoError::Corrupt(format!("attributes of product {id}: {e}")))?;
+    Ok(StoredProduct {
+        sku: row.try_get("sku")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        category: row.try_get("category")?,
+        price: Money {
+            amount_minor: row.try_get("amount_minor")?,
+            currency: row.try_get("currency")?,
+        },
+        weight_grams: row.try_get("weight_grams")?,
+        images,
+        attributes,
+        featured: read_bool(row, "featured")?,
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+        version: row.try_get("version")?,
+        id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_escape_wildcards() {
+        assert_eq!(contains_pattern("mug"), "%mug%");
+        assert_eq!(contains_pattern("50%_off!"), "%50!%!_off!!%");
+    }
+
+    #[test]
+    fn name_keys_sort_like_lowercase_bytes() {
+        let mut names = vec!["b", "A Year", "Abc", "a"];
+        names.sort_by_key(|n| name_key(n));
+        assert_eq!(names, vec!["a", "A Year", "Abc", "b"]);
+    }
+}

@@ -1,0 +1,231 @@
+//! Storage: one `sqlx` pool per service over the `Any` driver, so the same migrations and
+//! queries run on SQLite (the embedded default, in WAL mode) and PostgreSQL (scale-out).
+//!
+//! Queries use `$1`-style placeholders, which both engines accept, and only portable types:
+//! `TEXT`, `BIGINT` (times as Unix milliseconds), `BOOLEAN`, `DOUBLE PRECISION`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyQueryResult};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+/// Which engine a URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl FromStr for Engine {
+    type Err = String;
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        if url.starts_with("sqlite:") {
+            Ok(Engine::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Engine::Postgres)
+        } else {
+            Err(format!(
+                "unsupported database URL scheme in `{}`: use sqlite:// or postgres://",
+                redact(url)
+            ))
+        }
+    }
+}
+
+/// A service's database.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0}")]
+    Url(String),
+    #[error("cannot create the data directory {path}: {source}")]
+    Directory {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The URL with any password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Database {
+    /// Opens (creating if needed) the database at `url` and applies `migrator`.
+    pub async fn open(url: &str, migrator: &Migrator) -> Result<Self, StorageError> {
+        sqlx::any::install_default_drivers();
+        let engine: Engine = url.parse().map_err(StorageError::Url)?;
+        if engine == Engine::Sqlite {
+            if let Some(parent) = sqlite_path(url).and_then(|p| p.parent().map(|p| p.to_owned()))
+            {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(&parent).map_err(|source| StorageError::Directory {
+                        path: parent.display().to_string(),
+                        source,
+                    })?;
+                }
+            }
+        }
+        let options = AnyPoolOptions::new()
+            .max_connections(match engine {
+                Engine::Sqlite => 8,
+                Engine::Postgres => 10,
+            })
+            .acquire_timeout(Duration::from_secs(5));
+        let options = if engine == Engine::Sqlite {
+            options.after_connect(|connection, _| {
+                Box::pin(async move {
+                    // WAL lets readers proceed during a write; busy_timeout makes a second writer
+                    // wait instead of failing; NORMAL sync is durable across process crashes.
+                    connection
+                        .execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+                             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    Ok(())
+                })
+            })
+        } else {
+            options
+        };
+        let pool = options
+            .connect(url)
+            .await
+            .map_err(|source| StorageError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        migrator.run(&pool).await?;
+        Ok(Self { pool, engine })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Round trip to the database, for readiness.
+    pub async fn ping(&self) -> Result<(), String> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_: AnyQueryResult| ())
+            .map_err(|e| format!("database unreachable: {e}"))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Some(std::path::PathBuf::from(path))
+}
+
+/// Unix time in milliseconds, the portable timestamp stored in every table.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Helpers for tests that prove the PostgreSQL profile.
+pub mod testing {
+    use super::*;
+
+    /// Environment variable naming the PostgreSQL server tests may use.
+    pub const POSTGRES_ENV: &str = "BAZAAR_TEST_POSTGRES_URL";
+
+    /// Creates a fresh, uniquely named database on the server `BAZAAR_TEST_POSTGRES_URL` points
+    /// at and returns its URL; `None` (after saying so) when the variable is unset.
+    pub async fn fresh_postgres_database(label: &str) -> Option<String> {
+        let Ok(admin_url) = std::env::var(POSTGRES_ENV) else {
+            eprintln!("{POSTGRES_ENV} is not set: skipping the PostgreSQL variant of {label}");
+            return None;
+        };
+        sqlx::any::install_default_drivers();
+        let name = format!(
+            "bazaar_test_{}_{}",
+            label.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        )
+        .to_lowercase();
+        let admin = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("{POSTGRES_ENV} is set but unreachable: {e}"));
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let base = match admin_url.rfind('/') {
+            Some(slash) if slash > admin_url.find("://").map_or(0, |i| i + 2) => &admin_url[..slash],
+            _ => admin_url.as_str(),
+        };
+        Some(format!("{base}/{name}"))
+    }
+
+    /// A fresh SQLite database file in `dir`.
+    pub fn sqlite_url(dir: &std::path::Path, name: &str) -> String {
+        format!("sqlite://{}?mode=rwc", dir.join(format!("{name}.db")).display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact("postgres://bob:secret@db:5432/x"),
+            "postgres://bob:***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://bob@db/x"), "postgres://bob@db/x");
+        assert_eq!(redact("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    #[test]
+    fn rejects_unknown_schemes() {
+        assert!("mysql://x".parse::<Engine>().is_err());
+        assert_eq!("sqlite://a".parse::<Engine>(), Ok(Engine::Sqlite));
+    }
+}
