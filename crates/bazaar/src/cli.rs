@@ -67,9 +67,6 @@ pub struct UpArgs {
     /// Write each service's output to <data-dir>/logs/<service>.log instead of the terminal.
     #[arg(long)]
     pub log_files: bool,
-    /// Exit once everything is ready (for scripts and tests) instead of supervising.
-    #[arg(long, hide = true)]
-    pub exit_when_ready: bool,
 }
 
 #[derive(Debug, Args)]

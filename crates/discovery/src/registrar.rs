@@ -71,6 +71,9 @@ impl Registrar {
         tokio::pin!(shutdown);
         let id = self.instance_id().to_owned();
         let mut interval = self.heartbeat_interval;
+        // While unregistered, retry quickly (doubling up to the heartbeat interval) so a service
+        // started together with the registry becomes ready as soon as the registry is.
+        let mut retry = Duration::from_millis(100);
         loop {
             let outcome = if self.state.is_registered() {
                 let body = HeartbeatRequest {
@@ -105,9 +108,16 @@ impl Registrar {
                     self.state.set(false);
                 }
             }
+            let pause = if self.state.is_registered() {
+                retry = Duration::from_millis(100);
+                interval
+            } else {
+                retry = (retry * 2).min(interval);
+                retry
+            };
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
         if let Err(error) = self.client.deregister(&id).await {
