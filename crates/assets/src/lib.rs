@@ -128,7 +128,10 @@ mod tests {
         assets.insert("css/site.css".into(), b"body{}");
         assets.insert("css/other.css".into(), b"p{}");
         let url = assets.url("css/site.css").expect("known");
-        assert!(url.starts_with("/static/css/site.") && url.ends_with(".css"), "{url}");
+        assert!(
+            url.starts_with("/static/css/site.") && url.ends_with(".css"),
+            "{url}"
+        );
         let hashed = url.trim_start_matches(URL_PREFIX);
         let (asset, immutable) = assets.lookup(hashed).expect("hashed resolves");
         assert!(immutable);

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "bazaar", version, about = "bazaar: a microservices shop you can run, read, break and extend")]
+#[command(
+    name = "bazaar",
+    version,
+    about = "bazaar: a microservices shop you can run, read, break and extend"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -20,7 +24,12 @@ pub struct Global {
     #[arg(long, global = true, env = "BAZAAR_CONFIG")]
     pub config: Option<PathBuf>,
     /// Gateway base URL, for client commands.
-    #[arg(long, global = true, env = "BAZAAR_GATEWAY", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "BAZAAR_GATEWAY",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub gateway: String,
     /// Registry base URL, for `status`.
     #[arg(long, global = true, env = "BAZAAR_REGISTRY_URL", default_value = bazaar_kit::config::DEFAULT_REGISTRY_URL)]

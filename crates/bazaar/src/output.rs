@@ -64,9 +64,15 @@ mod tests {
     fn tables_align_and_money_formats() {
         let rendered = table(
             &["A", "BB"],
-            &[vec!["long cell".into(), "x".into()], vec!["s".into(), "y".into()]],
+            &[
+                vec!["long cell".into(), "x".into()],
+                vec!["s".into(), "y".into()],
+            ],
         );
-        assert_eq!(rendered, "  A          BB\n  long cell  x\n  s          y\n");
+        assert_eq!(
+            rendered,
+            "  A          BB\n  long cell  x\n  s          y\n"
+        );
         assert_eq!(money(2499, "USD"), "24.99 USD");
         assert_eq!(money(-5, "EUR"), "-0.05 EUR");
     }

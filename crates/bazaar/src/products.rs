@@ -62,7 +62,10 @@ pub async fn products(global: Global, args: ProductsArgs) -> anyhow::Result<()> 
         }
         return Ok(());
     }
-    let body: Value = response.json().await.context("the gateway sent invalid JSON")?;
+    let body: Value = response
+        .json()
+        .await
+        .context("the gateway sent invalid JSON")?;
     if global.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
@@ -100,7 +103,9 @@ fn read_input(file: &Path) -> anyhow::Result<Vec<u8>> {
 
 fn price(product: &Value) -> String {
     output::money(
-        product["price"]["amount_minor"].as_i64().unwrap_or_default(),
+        product["price"]["amount_minor"]
+            .as_i64()
+            .unwrap_or_default(),
         product["price"]["currency"].as_str().unwrap_or("?"),
     )
 }
@@ -130,7 +135,10 @@ fn print_list(body: &Value) {
                 .collect()
         })
         .unwrap_or_default();
-    print!("{}", output::table(&["ID", "NAME", "CATEGORY", "PRICE"], &rows));
+    print!(
+        "{}",
+        output::table(&["ID", "NAME", "CATEGORY", "PRICE"], &rows)
+    );
     println!(
         "\npage {} of {} ({} products)",
         text(&body["page"]),

@@ -12,19 +12,13 @@ type BuildFuture = Pin<Box<dyn Future<Output = anyhow::Result<Service>> + Send>>
 /// One runnable service.
 pub struct ServiceSpec {
     pub name: &'static str,
-    pub default_port: u16,
     /// Whether `up` starts `--replicas` instances of it (business services) or exactly one.
     pub replicable: bool,
     /// Loads its configuration and builds it.
     pub build: fn(Sources) -> BuildFuture,
 }
 
-fn boxed<C, F, Fut>(
-    name: &'static str,
-    port: u16,
-    sources: Sources,
-    build: F,
-) -> BuildFuture
+fn boxed<C, F, Fut>(name: &'static str, port: u16, sources: Sources, build: F) -> BuildFuture
 where
     C: serde::Serialize + serde::de::DeserializeOwned + Default + Send + 'static,
     F: FnOnce(CommonConfig, C) -> Fut + Send + 'static,
@@ -41,7 +35,6 @@ where
 pub const SERVICES: &[ServiceSpec] = &[
     ServiceSpec {
         name: bazaar_registry::NAME,
-        default_port: bazaar_registry::DEFAULT_PORT,
         replicable: false,
         build: |s| {
             boxed(
@@ -54,7 +47,6 @@ pub const SERVICES: &[ServiceSpec] = &[
     },
     ServiceSpec {
         name: bazaar_catalog::NAME,
-        default_port: bazaar_catalog::DEFAULT_PORT,
         replicable: true,
         build: |s| {
             boxed(
@@ -67,7 +59,6 @@ pub const SERVICES: &[ServiceSpec] = &[
     },
     ServiceSpec {
         name: bazaar_gateway::NAME,
-        default_port: bazaar_gateway::DEFAULT_PORT,
         replicable: false,
         build: |s| {
             boxed(

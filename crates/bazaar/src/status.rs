@@ -75,14 +75,26 @@ pub async fn status(global: Global, args: StatusArgs) -> anyhow::Result<()> {
         print!(
             "{}",
             output::table(
-                &["SERVICE", "INSTANCE", "ADDRESS", "VERSION", "REGISTRY", "PROBE", "HEARTBEAT"],
+                &[
+                    "SERVICE",
+                    "INSTANCE",
+                    "ADDRESS",
+                    "VERSION",
+                    "REGISTRY",
+                    "PROBE",
+                    "HEARTBEAT"
+                ],
                 &rows
             )
         );
         println!(
             "\n{} instance(s); {}",
             reports.len(),
-            if all_up { "all healthy" } else { "NOT all healthy" }
+            if all_up {
+                "all healthy"
+            } else {
+                "NOT all healthy"
+            }
         );
     }
     if args.strict && !all_up {

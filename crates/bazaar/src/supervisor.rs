@@ -44,7 +44,11 @@ pub fn plan(args: &UpArgs) -> anyhow::Result<Vec<Planned>> {
     let mut next_port = args.base_port;
     let mut planned = Vec::new();
     for spec in services::SERVICES.iter().filter(|s| wanted(s)) {
-        let replicas = if spec.replicable { args.replicas.max(1) } else { 1 };
+        let replicas = if spec.replicable {
+            args.replicas.max(1)
+        } else {
+            1
+        };
         for replica in 1..=replicas {
             let port = if spec.name == bazaar_gateway::NAME {
                 args.port
@@ -241,7 +245,12 @@ pub async fn up(global: Global, args: UpArgs) -> anyhow::Result<()> {
             let log_file = args
                 .log_files
                 .then(|| logs_dir.join(format!("{}.log", p.label)));
-            let mut child = spawn(p, &registry_url, global.config.as_deref(), log_file.as_deref())?;
+            let mut child = spawn(
+                p,
+                &registry_url,
+                global.config.as_deref(),
+                log_file.as_deref(),
+            )?;
             // Services need the registry; the gateway is ready only once it has a view of it.
             wait_ready(p.port, &mut child, Duration::from_secs(60))
                 .await
@@ -305,37 +314,50 @@ async fn keep_running(
     let mut backoff = Duration::from_millis(500);
     loop {
         let since = Instant::now();
+        let exited = tokio::select! {
+            status = child.wait() => Some(status),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(status) = exited else {
+            stop_child(&mut child).await;
+            return;
+        };
+        if shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        let status = status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        // A process that ran a good while was healthy: restart it quickly.
+        if since.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_millis(500);
+        }
+        println!(
+            "{:<12}| process exited ({status}); restarting in {}ms",
+            planned.label,
+            backoff.as_millis()
+        );
         tokio::select! {
-            status = child.wait() => {
-                if shutting_down.load(Ordering::SeqCst) {
-                    return;
-                }
-                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                // A process that ran a good while was healthy: restart it quickly.
-                if since.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_millis(500);
-                }
-                println!("{:<12}| process exited ({status}); restarting in {}ms", planned.label, backoff.as_millis());
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                match spawn(&planned, &registry_url, config.as_deref(), log_file.as_deref()) {
-                    Ok(new_child) => {
-                        pid.store(new_child.id().unwrap_or_default(), Ordering::Relaxed);
-                        println!("{:<12}| restarted (pid {})", planned.label, new_child.id().unwrap_or_default());
-                        child = new_child;
-                    }
-                    Err(error) => {
-                        println!("{:<12}| restart failed: {error:#}", planned.label);
-                    }
-                }
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        match spawn(
+            &planned,
+            &registry_url,
+            config.as_deref(),
+            log_file.as_deref(),
+        ) {
+            Ok(new_child) => {
+                pid.store(new_child.id().unwrap_or_default(), Ordering::Relaxed);
+                println!(
+                    "{:<12}| restarted (pid {})",
+                    planned.label,
+                    new_child.id().unwrap_or_default()
+                );
+                child = new_child;
             }
-            _ = stop.wait_for(|s| *s) => {
-                stop_child(&mut child).await;
-                return;
-            }
+            Err(error) => println!("{:<12}| restart failed: {error:#}", planned.label),
         }
     }
 }

@@ -73,10 +73,6 @@ impl From<RepoError> for ApiError {
             } => precondition_failed(format!(
                 "the product is at version {actual}, not {expected}"
             )),
-            RepoError::ConcurrentUpdate(id) => ApiError::conflict(
-                "concurrent_update",
-                format!("product {id} was changed by another request; read it and retry"),
-            ),
             RepoError::Corrupt(what) => ApiError::internal(what),
             RepoError::Database(error) => error.into(),
         }
@@ -142,10 +138,7 @@ async fn get_product(
         (status = 200, description = "Categories in display order", body = CategoryList),
         (status = 304, description = "Not modified (If-None-Match)"),
     ))]
-async fn list_categories(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
+async fn list_categories(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     let items = state.repository.list_categories().await?;
     Ok(etag::json(&headers, &CategoryList { items }))
 }
@@ -183,7 +176,7 @@ async fn create_product(
     responses(
         (status = 200, description = "Replaced", body = Product),
         (status = 404, description = "No such product", body = Problem),
-        (status = 409, description = "`sku_taken`, or `concurrent_update`", body = Problem),
+        (status = 409, description = "`sku_taken`", body = Problem),
         (status = 412, description = "If-Match does not match the current product", body = Problem),
         (status = 422, description = "A field is invalid; `field` names it", body = Problem),
     ))]
@@ -262,9 +255,7 @@ async fn expected_version(
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .any(|candidate| {
-            candidate == "*"
-                || candidate == current_etag
-                || candidate.trim_matches('"') == version
+            candidate == "*" || candidate == current_etag || candidate.trim_matches('"') == version
         });
     if matches {
         Ok(Some(current.version))
@@ -288,7 +279,10 @@ fn product_response(status: StatusCode, product: &Product) -> Response {
     (
         status,
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
             (header::ETAG, etag),
         ],
         body,

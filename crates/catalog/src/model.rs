@@ -247,7 +247,9 @@ impl ListQuery {
             .q
             .map(|q| q.trim().to_lowercase())
             .filter(|q| !q.is_empty());
-        if q.as_ref().is_some_and(|q| q.chars().count() > MAX_NAME_CHARS) {
+        if q.as_ref()
+            .is_some_and(|q| q.chars().count() > MAX_NAME_CHARS)
+        {
             return Err(query_error(
                 "q",
                 format!("at most {MAX_NAME_CHARS} characters"),
@@ -402,7 +404,9 @@ fn normalize_image(image: &str) -> Option<String> {
     }
     // A logical path: relative, no parent segments, a conservative alphabet.
     let valid = !image.starts_with('/')
-        && !image.split('/').any(|s| s.is_empty() || s == "." || s == "..")
+        && !image
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
         && image
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
@@ -458,7 +462,15 @@ mod tests {
             normalize_image("https://cdn.example.com/a.png").as_deref(),
             Some("https://cdn.example.com/a.png")
         );
-        for bad in ["", "/etc/passwd", "../x.svg", "a//b.svg", "http://", "ftp://x/y", "a b.svg"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x.svg",
+            "a//b.svg",
+            "http://",
+            "ftp://x/y",
+            "a b.svg",
+        ] {
             assert_eq!(normalize_image(bad), None, "{bad}");
         }
         if let Some(url) = bazaar_assets::assets().url("products/kit-0001.svg") {

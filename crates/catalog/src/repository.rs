@@ -5,9 +5,11 @@
 //! placeholders, `TEXT`/`BIGINT`/`BOOLEAN` columns, JSON kept as `TEXT`, times as Unix
 //! milliseconds, rows read with `Row::try_get` into the few types `Any` supports.
 //!
-//! Writes check their preconditions (category exists, SKU free, expected version) inside the
-//! same transaction as the write; the table constraints (`UNIQUE`, `REFERENCES`) back those
-//! checks up when two writers race, and their violations are mapped to the same errors.
+//! Writes are single statements whose constraints do the checking (`UNIQUE` id and SKU,
+//! `REFERENCES` for the category, a `version` condition for `If-Match`), and violations are
+//! mapped to [`RepoError`]s. That keeps every check atomic with its write on both engines and
+//! avoids SQLite's read-then-write transactions, which fail with "database is locked" rather
+//! than wait when another writer commits in between.
 
 use std::collections::BTreeMap;
 
@@ -37,9 +39,6 @@ pub enum RepoError {
         expected: i64,
         actual: i64,
     },
-    /// Another writer changed the product between our read and our write.
-    #[error("product {0} was changed concurrently")]
-    ConcurrentUpdate(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error(transparent)]
@@ -101,8 +100,17 @@ pub struct NewCategory {
     pub position: i64,
 }
 
+/// Columns written by an `INSERT`, in the order [`bind_product`] binds them.
 const PRODUCT_COLUMNS: &str = "id, sku, name, description, category, amount_minor, currency, \
-     weight_grams, images, attributes, featured, created_at, updated_at, version";
+     weight_grams, images, attributes, featured, created_at, updated_at, version, name_key";
+
+/// Columns read back. `featured` is read as an integer because `sqlx::Any` refuses SQLite
+/// columns declared `BOOLEAN` outright (it maps SQLite's declared types, and has no mapping for
+/// that one), while an expression has no declared type and decodes as an integer on both
+/// engines.
+const PRODUCT_SELECT: &str = "id, sku, name, description, category, amount_minor, currency, \
+     weight_grams, images, attributes, CASE WHEN featured THEN 1 ELSE 0 END AS featured, \
+     created_at, updated_at, version";
 
 /// The catalog's data access.
 #[derive(Clone, Debug)]
@@ -193,7 +201,7 @@ impl Repository {
         ));
         let offset = page_binds.len();
         let sql = format!(
-            "SELECT {PRODUCT_COLUMNS} FROM products{where_clause} \
+            "SELECT {PRODUCT_SELECT} FROM products{where_clause} \
              ORDER BY {order} LIMIT ${limit} OFFSET ${offset}"
         );
         let rows = bind_all(sqlx::query(&sql), &page_binds)
@@ -206,7 +214,7 @@ impl Repository {
     /// The product `id`, if any.
     pub async fn get_product(&self, id: &str) -> Result<Option<StoredProduct>, RepoError> {
         let row = sqlx::query(&format!(
-            "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1"
+            "SELECT {PRODUCT_SELECT} FROM products WHERE id = $1"
         ))
         .bind(id.to_owned())
         .fetch_optional(self.db.pool())
@@ -223,6 +231,11 @@ impl Repository {
     }
 
     /// Creates a product from validated input; its id is `input.id` or a new UUID v7.
+    ///
+    /// One `INSERT` and nothing before it: the constraints decide (unique id and SKU, existing
+    /// category) and their violations become [`RepoError`]s. Checking first and writing after
+    /// would be a read-then-write transaction, which SQLite answers with "database is locked"
+    /// instead of waiting when another writer got in between.
     pub async fn create_product(&self, input: &ProductInput) -> Result<StoredProduct, RepoError> {
         let id = input
             .id
@@ -230,100 +243,77 @@ impl Repository {
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let now = now_ms();
         let product = stored(id, input, now, now, 1);
-        let mut tx = self.db.pool().begin().await?;
-        check_category(&mut tx, &input.category).await?;
-        if sku_owner(&mut tx, &input.sku).await?.is_some() {
-            return Err(RepoError::SkuTaken(input.sku.clone()));
-        }
-        let taken = sqlx::query("SELECT id FROM products WHERE id = $1")
-            .bind(product.id.clone())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if taken.is_some() {
-            return Err(RepoError::IdTaken(product.id));
-        }
-        insert(&mut tx, &product, false)
+        let sql = format!(
+            "INSERT INTO products ({PRODUCT_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        );
+        bind_product(sqlx::query(&sql), &product)
+            .execute(self.db.pool())
             .await
             .map_err(|e| constraint_error(e, &product))?;
-        tx.commit().await?;
         Ok(product)
     }
 
     /// Replaces every client-settable field of product `id`, bumping its version. With
     /// `expected_version`, refuses unless the product is at that version.
+    ///
+    /// One `UPDATE ... RETURNING` (both engines have it): the version condition in its `WHERE`
+    /// makes check-and-write atomic, and, as for creation, constraints report SKU clashes and
+    /// unknown categories.
     pub async fn replace_product(
         &self,
         id: &str,
         input: &ProductInput,
         expected_version: Option<i64>,
     ) -> Result<StoredProduct, RepoError> {
-        let mut tx = self.db.pool().begin().await?;
-        let current = sqlx::query(&format!(
-            "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1"
-        ))
-        .bind(id.to_owned())
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(read_product)
-        .transpose()?
-        .ok_or_else(|| RepoError::NotFound(id.to_owned()))?;
-        if let Some(expected) = expected_version {
-            if expected != current.version {
-                return Err(RepoError::VersionMismatch {
-                    id: id.to_owned(),
-                    expected,
-                    actual: current.version,
-                });
-            }
-        }
-        check_category(&mut tx, &input.category).await?;
-        if sku_owner(&mut tx, &input.sku)
-            .await?
-            .is_some_and(|owner| owner != id)
-        {
-            return Err(RepoError::SkuTaken(input.sku.clone()));
-        }
-        // Never let the clock go backwards for one product.
-        let now = now_ms().max(current.updated_at_ms);
-        let product = stored(
-            id.to_owned(),
-            input,
-            current.created_at_ms,
-            now,
-            current.version + 1,
-        );
-        // The version in the WHERE clause makes the read-check-write atomic even on an engine
-        // that did not lock the row on read: a concurrent writer leaves zero rows to update.
-        let result = sqlx::query(
+        let version_condition = if expected_version.is_some() {
+            " AND version = $14"
+        } else {
+            ""
+        };
+        // `updated_at` never goes backwards for one product, whatever the clock does.
+        let sql = format!(
             "UPDATE products SET sku = $1, name = $2, name_key = $3, description = $4, \
              category = $5, amount_minor = $6, currency = $7, weight_grams = $8, images = $9, \
-             attributes = $10, featured = $11, updated_at = $12, version = $13 \
-             WHERE id = $14 AND version = $15",
-        )
-        .bind(product.sku.clone())
-        .bind(product.name.clone())
-        .bind(name_key(&product.name))
-        .bind(product.description.clone())
-        .bind(product.category.clone())
-        .bind(product.price.amount_minor)
-        .bind(product.price.currency.clone())
-        .bind(product.weight_grams)
-        .bind(to_json(&product.images))
-        .bind(to_json(&product.attributes))
-        .bind(product.featured)
-        .bind(product.updated_at_ms)
-        .bind(product.version)
-        .bind(id.to_owned())
-        .bind(current.version)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| constraint_error(e, &product))?;
-        if result.rows_affected() != 1 {
-            return Err(RepoError::ConcurrentUpdate(id.to_owned()));
+             attributes = $10, featured = $11, \
+             updated_at = CASE WHEN updated_at > $12 THEN updated_at ELSE $12 END, \
+             version = version + 1 \
+             WHERE id = $13{version_condition} RETURNING {PRODUCT_SELECT}"
+        );
+        // Only used to name a violated constraint.
+        let attempted = stored(id.to_owned(), input, 0, 0, 0);
+        let mut query = sqlx::query(&sql)
+            .bind(input.sku.clone())
+            .bind(input.name.clone())
+            .bind(name_key(&input.name))
+            .bind(input.description.clone())
+            .bind(input.category.clone())
+            .bind(input.price.amount_minor)
+            .bind(input.price.currency.clone())
+            .bind(input.weight_grams)
+            .bind(to_json(&input.images))
+            .bind(to_json(&input.attributes))
+            .bind(input.featured)
+            .bind(now_ms())
+            .bind(id.to_owned());
+        if let Some(version) = expected_version {
+            query = query.bind(version);
         }
-        tx.commit().await?;
-        Ok(product)
+        let row = query
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(|e| constraint_error(e, &attempted))?;
+        if let Some(row) = row {
+            return read_product(&row);
+        }
+        match (self.get_product(id).await?, expected_version) {
+            (Some(current), Some(expected)) => Err(RepoError::VersionMismatch {
+                id: id.to_owned(),
+                expected,
+                actual: current.version,
+            }),
+            _ => Err(RepoError::NotFound(id.to_owned())),
+        }
     }
 
     /// Deletes product `id` (at `expected_version`, when given).
@@ -371,13 +361,8 @@ impl Repository {
         products: &[ProductInput],
     ) -> Result<u64, RepoError> {
         let mut tx = self.db.pool().begin().await?;
-        let existing: i64 = sqlx::query("SELECT COUNT(*) AS total FROM products")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("total")?;
-        if existing > 0 {
-            return Ok(0);
-        }
+        // A write first: on SQLite it takes the write lock (waiting for another seeder) before
+        // anything is read, so the count below cannot go stale before our inserts.
         for category in categories {
             sqlx::query(
                 "INSERT INTO categories (slug, name, description, position) \
@@ -390,6 +375,14 @@ impl Repository {
             .execute(&mut *tx)
             .await?;
         }
+        let existing: i64 = sqlx::query("SELECT COUNT(*) AS total FROM products")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("total")?;
+        if existing > 0 {
+            // Nothing to do; dropping the transaction rolls the category inserts back.
+            return Ok(0);
+        }
         let now = now_ms();
         let mut inserted = 0;
         for input in products {
@@ -398,7 +391,16 @@ impl Repository {
                 .clone()
                 .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
             let product = stored(id, input, now, now, 1);
-            inserted += insert(&mut tx, &product, true).await?;
+            // Conflicts are skipped so a concurrent seeder's rows are kept, not an error.
+            let sql = format!(
+                "INSERT INTO products ({PRODUCT_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 ON CONFLICT DO NOTHING"
+            );
+            inserted += bind_product(sqlx::query(&sql), &product)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
         tx.commit().await?;
         Ok(inserted)
@@ -429,39 +431,11 @@ fn stored(
     }
 }
 
-type Tx = sqlx::Transaction<'static, Any>;
-
-async fn check_category(tx: &mut Tx, slug: &str) -> Result<(), RepoError> {
-    let found = sqlx::query("SELECT slug FROM categories WHERE slug = $1")
-        .bind(slug.to_owned())
-        .fetch_optional(&mut **tx)
-        .await?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(RepoError::UnknownCategory(slug.to_owned())),
-    }
-}
-
-async fn sku_owner(tx: &mut Tx, sku: &str) -> Result<Option<String>, RepoError> {
-    let row = sqlx::query("SELECT id FROM products WHERE sku = $1")
-        .bind(sku.to_owned())
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(row.map(|r| r.try_get("id")).transpose()?)
-}
-
-/// Inserts `product`; returns the rows inserted (0 when `skip_existing` and it clashed).
-async fn insert(tx: &mut Tx, product: &StoredProduct, skip_existing: bool) -> Result<u64, sqlx::Error> {
-    let sql = format!(
-        "INSERT INTO products ({PRODUCT_COLUMNS}, name_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15){}",
-        if skip_existing {
-            " ON CONFLICT DO NOTHING"
-        } else {
-            ""
-        }
-    );
-    let result = sqlx::query(&sql)
+fn bind_product<'q>(
+    query: Query<'q, Any, AnyArguments<'q>>,
+    product: &StoredProduct,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    query
         .bind(product.id.clone())
         .bind(product.sku.clone())
         .bind(product.name.clone())
@@ -477,9 +451,6 @@ async fn insert(tx: &mut Tx, product: &StoredProduct, skip_existing: bool) -> Re
         .bind(product.updated_at_ms)
         .bind(product.version)
         .bind(name_key(&product.name))
-        .execute(&mut **tx)
-        .await?;
-    Ok(result.rows_affected())
 }
 
 /// Maps a constraint violation met by a racing writer to the error the pre-checks would have
@@ -505,10 +476,11 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("strings and maps of strings serialize")
 }
 
-/// `BOOLEAN` comes back as a boolean from PostgreSQL and as an integer from SQLite.
+/// `featured` as [`PRODUCT_SELECT`] reads it: an integer (a boolean, should a driver give one).
 fn read_bool(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
-    row.try_get::<bool, _>(column)
-        .or_else(|_| row.try_get::<i64, _>(column).map(|v| v != 0))
+    row.try_get::<i64, _>(column)
+        .map(|v| v != 0)
+        .or_else(|_| row.try_get::<bool, _>(column))
 }
 
 fn read_product(row: &AnyRow) -> Result<StoredProduct, RepoError> {

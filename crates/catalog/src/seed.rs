@@ -86,7 +86,11 @@ pub async fn load(repository: &Repository, seed: &Seed) -> anyhow::Result<u64> {
         .await
         .context("loading the seed catalogue")?;
     if inserted > 0 {
-        tracing::info!(products = inserted, categories = seed.categories.len(), "seeded the catalogue");
+        tracing::info!(
+            products = inserted,
+            categories = seed.categories.len(),
+            "seeded the catalogue"
+        );
     }
     Ok(inserted)
 }
@@ -124,6 +128,9 @@ mod tests {
         let json = r#"{"categories":[{"slug":"a","name":"A"}],"products":[{"id":"x","sku":"X-1",
             "name":"X","category":"a","price":{"amount_minor":1,"currency":"usd"},"weight_grams":1}]}"#;
         let error = parse(json).expect_err("bad currency").to_string();
-        assert!(error.contains("price.currency") && error.contains('x'), "{error}");
+        assert!(
+            error.contains("price.currency") && error.contains('x'),
+            "{error}"
+        );
     }
 }

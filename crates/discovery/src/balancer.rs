@@ -228,7 +228,10 @@ mod tests {
         let all = [instance("a")];
         assert!(!balancer.pick(&all, &[]).expect("a").in_flight.failure());
         assert!(balancer.pick(&all, &[]).expect("a").in_flight.failure());
-        assert!(balancer.pick(&all, &[]).is_none(), "ejected instance must not be picked");
+        assert!(
+            balancer.pick(&all, &[]).is_none(),
+            "ejected instance must not be picked"
+        );
         std::thread::sleep(Duration::from_millis(60));
         let again = balancer.pick(&all, &[]).expect("half-open after ejection");
         again.in_flight.success();

@@ -83,8 +83,9 @@ impl Registrar {
             } else {
                 match self.client.register(&self.registration).await {
                     Ok(accepted) => {
-                        interval = interval
-                            .min(Duration::from_millis(accepted.heartbeat_interval_ms.max(50)));
+                        interval = interval.min(Duration::from_millis(
+                            accepted.heartbeat_interval_ms.max(50),
+                        ));
                         tracing::info!(instance = %id, registry = %self.client.base_url(), "registered");
                         self.state.set(true);
                         // Report readiness at once rather than one interval later.

@@ -15,15 +15,16 @@ use axum::http::{header, HeaderValue, StatusCode};
 use bazaar_kit::ApiError;
 
 pub fn invalid_path() -> ApiError {
-    ApiError::bad_request(
-        "invalid_path",
-        "paths may not contain '.' or '..' segments",
-    )
+    ApiError::bad_request("invalid_path", "paths may not contain '.' or '..' segments")
 }
 
 pub fn asset_not_found(path: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "asset_not_found", "No such static file")
-        .detail(format!("no static file named {path}"))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "asset_not_found",
+        "No such static file",
+    )
+    .detail(format!("no static file named {path}"))
 }
 
 pub fn payload_too_large(limit: usize) -> ApiError {
@@ -54,7 +55,9 @@ pub fn bad_upstream_address(target: &str) -> ApiError {
         "bad_upstream_address",
         "The upstream address is invalid",
     )
-    .detail(format!("{target} is registered with an address that is not a valid URL"))
+    .detail(format!(
+        "{target} is registered with an address that is not a valid URL"
+    ))
 }
 
 /// 503 with `Retry-After: 1`: ejections are short and instances come back, so a client may

@@ -83,16 +83,29 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_adds_forwarded_headers() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         headers.insert("x-secret", HeaderValue::from_static("1"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         headers.insert(header::HOST, HeaderValue::from_static("shop.example"));
         headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         prepare_request(&mut headers, Some("10.0.0.7:5555".parse().expect("addr")));
-        for gone in ["connection", "x-secret", "keep-alive", "proxy-connection", "transfer-encoding", "host"] {
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "host",
+        ] {
             assert!(!headers.contains_key(gone), "{gone} should be stripped");
         }
         assert_eq!(headers[X_FORWARDED_FOR], "203.0.113.9, 10.0.0.7");

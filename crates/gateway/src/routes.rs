@@ -57,7 +57,11 @@ fn covers(prefix: &str, path: &str) -> bool {
 
 /// Replaces `from` (which covers `path`) with `to`.
 fn swap_prefix(path: &str, from: &str, to: &str) -> String {
-    let rest = if from == "/" { path } else { &path[from.len()..] };
+    let rest = if from == "/" {
+        path
+    } else {
+        &path[from.len()..]
+    };
     match (to, rest) {
         ("/", "") => "/".to_owned(),
         ("/", rest) => rest.to_owned(),
@@ -123,7 +127,7 @@ impl RouteTable {
             routes.push(route);
         }
         // Longest first: the first covering prefix is then the longest one.
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         Ok(Self { routes })
     }
 
@@ -164,7 +168,9 @@ fn validate(config: &RouteConfig) -> Result<Route, RouteError> {
             }
             Target::Service(service.clone())
         }
-        (None, Some(upstream)) => Target::Upstream(validate_upstream(upstream).map_err(|why| fail(&why))?),
+        (None, Some(upstream)) => {
+            Target::Upstream(validate_upstream(upstream).map_err(|why| fail(&why))?)
+        }
         _ => return Err(fail("set exactly one of `service` and `upstream`")),
     };
     if config.timeout_ms == 0 {
@@ -256,7 +262,10 @@ mod tests {
         assert_eq!(forward("/api/v1/registry").as_deref(), Some("/api/v1"));
         assert_eq!(forward("/legacy/orders/1").as_deref(), Some("/orders/1"));
         assert_eq!(forward("/legacy").as_deref(), Some("/"));
-        assert_eq!(forward("/api/v1/products/7").as_deref(), Some("/api/v1/products/7"));
+        assert_eq!(
+            forward("/api/v1/products/7").as_deref(),
+            Some("/api/v1/products/7")
+        );
 
         let registry = routes.resolve("/api/v1/registry").expect("route");
         assert_eq!(
@@ -265,8 +274,14 @@ mod tests {
         );
         assert_eq!(registry.public_path("/openapi.json"), None);
         let legacy = routes.resolve("/legacy").expect("route");
-        assert_eq!(legacy.target, Target::Upstream("http://old:9000/base".into()));
-        assert_eq!(legacy.public_path("/orders").as_deref(), Some("/legacy/orders"));
+        assert_eq!(
+            legacy.target,
+            Target::Upstream("http://old:9000/base".into())
+        );
+        assert_eq!(
+            legacy.public_path("/orders").as_deref(),
+            Some("/legacy/orders")
+        );
     }
 
     #[test]
@@ -287,7 +302,10 @@ mod tests {
         let mut both = RouteConfig::service("/a", "a");
         both.upstream = Some("http://x".into());
         assert!(RouteTable::new(&[both]).is_err());
-        let twice = [RouteConfig::service("/a", "a"), RouteConfig::service("/a/", "b")];
+        let twice = [
+            RouteConfig::service("/a", "a"),
+            RouteConfig::service("/a/", "b"),
+        ];
         assert!(RouteTable::new(&twice).is_err());
     }
 }

@@ -133,7 +133,9 @@ impl Sources {
             .merge(Toml::file(&file).nested())
             .merge(
                 Env::prefixed("BAZAAR_")
-                    .filter(|key| !key.as_str().contains("__") && !key.as_str().starts_with("test_"))
+                    .filter(|key| {
+                        !key.as_str().contains("__") && !key.as_str().starts_with("test_")
+                    })
                     .global(),
             )
             .merge(Env::prefixed(&per_service_env).global())
@@ -218,6 +220,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the closure's error type
     fn layers_apply_in_order_and_errors_name_the_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("bazaar.toml");

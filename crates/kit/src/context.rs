@@ -50,7 +50,8 @@ fn random_hex(bytes: usize) -> String {
 
 fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len
-        && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && s.bytes().any(|b| b != b'0')
 }
 
@@ -183,7 +184,9 @@ mod tests {
         assert_eq!(context.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(context.request_id, "abc-123");
         assert_ne!(context.span_id, "00f067aa0ba902b7", "a new span per hop");
-        assert!(context.traceparent().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(context
+            .traceparent()
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
 
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -194,6 +197,9 @@ mod tests {
             assert!(parse_traceparent(bad).is_none(), "{bad}");
         }
         headers.insert(REQUEST_ID, HeaderValue::from_static("has spaces in it"));
-        assert_ne!(RequestContext::from_headers(&headers).request_id, "has spaces in it");
+        assert_ne!(
+            RequestContext::from_headers(&headers).request_id,
+            "has spaces in it"
+        );
     }
 }

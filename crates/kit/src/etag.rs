@@ -34,7 +34,10 @@ pub fn respond(
     let etag_value = HeaderValue::from_str(&etag).expect("hex etag is a valid header");
     let common = [
         (header::ETAG, etag_value),
-        (header::CACHE_CONTROL, HeaderValue::from_static(cache_control)),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(cache_control),
+        ),
     ];
     if if_none_match(headers, &etag) {
         return (StatusCode::NOT_MODIFIED, common).into_response();
@@ -65,7 +68,10 @@ mod tests {
         headers.insert(header::IF_NONE_MATCH, HeaderValue::from_str(&etag).unwrap());
         assert!(if_none_match(&headers, &etag));
         let listed = format!("\"other\", W/{etag}");
-        headers.insert(header::IF_NONE_MATCH, HeaderValue::from_str(&listed).unwrap());
+        headers.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_str(&listed).unwrap(),
+        );
         assert!(if_none_match(&headers, &etag));
         headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"nope\""));
         assert!(!if_none_match(&headers, &etag));

@@ -70,7 +70,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             let inner = error.into_inner();
             match inner.classify() {
                 serde_json::error::Category::Data => Err(ApiError::invalid(
-                    if path == "." { missing_field(&inner) } else { path },
+                    if path == "." {
+                        missing_field(&inner)
+                    } else {
+                        path
+                    },
                     strip_position(&inner.to_string()),
                 )),
                 _ => Err(ApiError::bad_request(
@@ -120,11 +124,7 @@ where
                 let path = error.path().to_string();
                 let message = error.inner().to_string();
                 let field = if path == "." {
-                    message
-                        .split('`')
-                        .nth(1)
-                        .map(str::to_owned)
-                        .unwrap_or(path)
+                    message.split('`').nth(1).map(str::to_owned).unwrap_or(path)
                 } else {
                     path
                 };

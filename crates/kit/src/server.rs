@@ -124,11 +124,11 @@ impl Service {
             registration
                 .metadata
                 .insert("pid".into(), std::process::id().to_string());
-            let registrar = Registrar::new(
-                RegistryClient::new(&self.common.registry_url),
-                registration,
-            )
-            .with_heartbeat_interval(Duration::from_millis(self.common.heartbeat_interval_ms));
+            let registrar =
+                Registrar::new(RegistryClient::new(&self.common.registry_url), registration)
+                    .with_heartbeat_interval(Duration::from_millis(
+                        self.common.heartbeat_interval_ms,
+                    ));
             let state = registrar.state();
             self.readiness.add("registry", false, move || {
                 let registered = state.is_registered();
@@ -194,11 +194,11 @@ pub fn build_app(
 ) -> Router {
     let mut common = Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz).with_state(readiness.clone()))
         .route(
-            "/readyz",
-            get(health::readyz).with_state(readiness.clone()),
-        )
-        .route("/metrics", get(metrics::handler).with_state(metrics.clone()));
+            "/metrics",
+            get(metrics::handler).with_state(metrics.clone()),
+        );
     if let Some(document) = openapi {
         let document = std::sync::Arc::new(document);
         common = common.route(
@@ -272,8 +272,7 @@ pub async fn serve(
                 .insert(ConnectInfo::<SocketAddr>(peer));
             app.clone().oneshot(request)
         });
-        let connection = http
-            .serve_connection(TokioIo::new(stream), service);
+        let connection = http.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {

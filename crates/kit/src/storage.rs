@@ -2,7 +2,9 @@
 //! queries run on SQLite (the embedded default, in WAL mode) and PostgreSQL (scale-out).
 //!
 //! Queries use `$1`-style placeholders, which both engines accept, and only portable types:
-//! `TEXT`, `BIGINT` (times as Unix milliseconds), `BOOLEAN`, `DOUBLE PRECISION`.
+//! `TEXT`, `BIGINT` (times as Unix milliseconds), `DOUBLE PRECISION`. A `BOOLEAN` column can be
+//! written and filtered on both, but the `Any` driver cannot *read* one from SQLite: select it as
+//! `CASE WHEN flag THEN 1 ELSE 0 END`, or store flags as `BIGINT` 0/1.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -82,8 +84,7 @@ impl Database {
         sqlx::any::install_default_drivers();
         let engine: Engine = url.parse().map_err(StorageError::Url)?;
         if engine == Engine::Sqlite {
-            if let Some(parent) = sqlite_path(url).and_then(|p| p.parent().map(|p| p.to_owned()))
-            {
+            if let Some(parent) = sqlite_path(url).and_then(|p| p.parent().map(|p| p.to_owned())) {
                 if !parent.as_os_str().is_empty() {
                     std::fs::create_dir_all(&parent).map_err(|source| StorageError::Directory {
                         path: parent.display().to_string(),
@@ -149,7 +150,9 @@ impl Database {
 }
 
 fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     if path.is_empty() || path == ":memory:" {
         return None;
@@ -197,7 +200,9 @@ pub mod testing {
             .expect("create test database");
         admin.close().await;
         let base = match admin_url.rfind('/') {
-            Some(slash) if slash > admin_url.find("://").map_or(0, |i| i + 2) => &admin_url[..slash],
+            Some(slash) if slash > admin_url.find("://").map_or(0, |i| i + 2) => {
+                &admin_url[..slash]
+            }
             _ => admin_url.as_str(),
         };
         Some(format!("{base}/{name}"))
@@ -205,7 +210,10 @@ pub mod testing {
 
     /// A fresh SQLite database file in `dir`.
     pub fn sqlite_url(dir: &std::path::Path, name: &str) -> String {
-        format!("sqlite://{}?mode=rwc", dir.join(format!("{name}.db")).display())
+        format!(
+            "sqlite://{}?mode=rwc",
+            dir.join(format!("{name}.db")).display()
+        )
     }
 }
 

@@ -46,7 +46,9 @@ fn service() -> Service {
         )
         .route(
             "/boom",
-            get(|| async { Err::<(), _>(bazaar_kit::ApiError::internal("secret db password in here")) }),
+            get(|| async {
+                Err::<(), _>(bazaar_kit::ApiError::internal("secret db password in here"))
+            }),
         );
     let mut common = CommonConfig::defaults("kit-test", 0);
     common.registry_url = String::new();
@@ -58,7 +60,12 @@ async fn call(request: Request<Body>) -> (StatusCode, HeaderMap, serde_json::Val
     let response = service().app().oneshot(request).await.expect("infallible");
     let status = response.status();
     let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     (status, headers, json)
 }
@@ -78,7 +85,10 @@ fn assert_problem(headers: &HeaderMap, body: &serde_json::Value, code: &str) {
     );
     assert_eq!(body["code"], code, "{body}");
     assert!(body["type"].as_str().unwrap_or_default().ends_with(code));
-    assert!(body["request_id"].is_string(), "problems carry the request id");
+    assert!(
+        body["request_id"].is_string(),
+        "problems carry the request id"
+    );
 }
 
 #[tokio::test]
@@ -87,8 +97,10 @@ async fn bad_input_gets_problem_documents_naming_the_field() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_problem(&headers, &body, "malformed_json");
 
-    let (status, headers, body) =
-        call(post_json(r#"{"name":"x","price":{"amount_minor":"ten","currency":"USD"}}"#)).await;
+    let (status, headers, body) = call(post_json(
+        r#"{"name":"x","price":{"amount_minor":"ten","currency":"USD"}}"#,
+    ))
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_problem(&headers, &body, "validation_failed");
     assert_eq!(body["field"], "price.amount_minor");
@@ -122,18 +134,29 @@ async fn bad_input_gets_problem_documents_naming_the_field() {
     assert_problem(&headers, &body, "invalid_query");
     assert_eq!(body["field"], "page");
 
-    let (status, headers, body) = call(Request::get("/nowhere").body(Body::empty()).expect("request")).await;
+    let (status, headers, body) = call(
+        Request::get("/nowhere")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_problem(&headers, &body, "route_not_found");
 
-    let (status, headers, body) = call(Request::delete("/items").body(Body::empty()).expect("request")).await;
+    let (status, headers, body) = call(
+        Request::delete("/items")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_problem(&headers, &body, "method_not_allowed");
 }
 
 #[tokio::test]
 async fn internal_errors_leak_nothing() {
-    let (status, headers, body) = call(Request::get("/boom").body(Body::empty()).expect("request")).await;
+    let (status, headers, body) =
+        call(Request::get("/boom").body(Body::empty()).expect("request")).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_problem(&headers, &body, "internal");
     assert!(!body.to_string().contains("password"), "{body}");
@@ -154,11 +177,17 @@ async fn request_id_and_traceparent_are_continued_and_returned() {
     .await;
     assert_eq!(headers["x-request-id"], "req-42");
     let traceparent = headers["traceparent"].to_str().expect("ascii");
-    assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{traceparent}");
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{traceparent}"
+    );
 
     let (_, headers, _) = call(Request::get("/items").body(Body::empty()).expect("request")).await;
     assert!(!headers["x-request-id"].is_empty(), "created when absent");
-    assert!(bazaar_kit::context::parse_traceparent(headers["traceparent"].to_str().expect("ascii")).is_some());
+    assert!(bazaar_kit::context::parse_traceparent(
+        headers["traceparent"].to_str().expect("ascii")
+    )
+    .is_some());
 }
 
 #[tokio::test]
@@ -168,25 +197,42 @@ async fn metrics_count_requests_per_route_and_health_answers() {
     for _ in 0..3 {
         let response = app
             .clone()
-            .oneshot(Request::get("/items?page=2").body(Body::empty()).expect("request"))
+            .oneshot(
+                Request::get("/items?page=2")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
             .await
             .expect("infallible");
         assert_eq!(response.status(), StatusCode::OK);
     }
     let response = app
         .clone()
-        .oneshot(Request::get("/metrics").body(Body::empty()).expect("request"))
+        .oneshot(
+            Request::get("/metrics")
+                .body(Body::empty())
+                .expect("request"),
+        )
         .await
         .expect("infallible");
     let text = String::from_utf8(
-        response.into_body().collect().await.expect("body").to_bytes().to_vec(),
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec(),
     )
     .expect("utf8");
     assert!(
         text.contains(r#"bazaar_http_requests_total{route="/items",method="GET",status="200"} 3"#),
         "{text}"
     );
-    assert!(text.contains("bazaar_http_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("bazaar_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
 
     for path in ["/healthz", "/readyz"] {
         let response = app
@@ -200,15 +246,26 @@ async fn metrics_count_requests_per_route_and_health_answers() {
 
 #[tokio::test]
 async fn readiness_fails_with_the_failing_check_named() {
-    let service = service().ready_when("database", || async { Err("database unreachable".to_owned()) });
+    let service = service().ready_when("database", || async {
+        Err("database unreachable".to_owned())
+    });
     let response = service
         .app()
-        .oneshot(Request::get("/readyz").body(Body::empty()).expect("request"))
+        .oneshot(
+            Request::get("/readyz")
+                .body(Body::empty())
+                .expect("request"),
+        )
         .await
         .expect("infallible");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = serde_json::from_slice(
-        &response.into_body().collect().await.expect("body").to_bytes(),
+        &response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes(),
     )
     .expect("json");
     assert_eq!(body["checks"]["database"], "database unreachable");
@@ -237,7 +294,9 @@ async fn runs_on_port_zero_and_stops_gracefully() {
         .expect("task")
         .expect("clean exit");
     assert!(
-        reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.is_err(),
+        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .is_err(),
         "no longer listening"
     );
 }
@@ -246,7 +305,9 @@ async fn runs_on_port_zero_and_stops_gracefully() {
 async fn binding_a_taken_port_names_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
-    let error = bazaar_kit::server::bind("127.0.0.1", port).await.expect_err("taken");
+    let error = bazaar_kit::server::bind("127.0.0.1", port)
+        .await
+        .expect_err("taken");
     assert!(error.to_string().contains(&port.to_string()), "{error}");
     assert!(error.to_string().contains("already in use"), "{error}");
 }

@@ -71,8 +71,16 @@ fn validate(registration: &Registration) -> ApiResult<()> {
         ));
     }
     if let Some(id) = &registration.instance_id {
-        if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(ApiError::invalid("instance_id", "1-128 characters of a-z, A-Z, 0-9, '-', '_', '.'"));
+        if id.is_empty()
+            || id.len() > 128
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(ApiError::invalid(
+                "instance_id",
+                "1-128 characters of a-z, A-Z, 0-9, '-', '_', '.'",
+            ));
         }
     }
     if registration.metadata.len() > 32 {
@@ -115,8 +123,12 @@ async fn heartbeat(
     if state.store.heartbeat(&id, body.status) {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_instance", "Unknown instance")
-            .detail(format!("instance {id} is not registered; register again")))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_instance",
+            "Unknown instance",
+        )
+        .detail(format!("instance {id} is not registered; register again")))
     }
 }
 
@@ -124,12 +136,19 @@ async fn heartbeat(
 #[utoipa::path(delete, path = "/api/v1/instances/{id}", tag = "registry",
     params(("id" = String, Path, description = "Instance id")),
     responses((status = 204, description = "Removed"), (status = 404, body = bazaar_kit::problem::Problem)))]
-async fn deregister(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn deregister(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     if state.store.deregister(&id) {
         tracing::info!(instance = %id, "instance deregistered");
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_instance", "Unknown instance"))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_instance",
+            "Unknown instance",
+        ))
     }
 }
 
@@ -178,7 +197,15 @@ fn default_wait() -> u64 {
            ("since" = Option<u64>, Query, description = "Version of the caller's snapshot"),
            ("wait_ms" = Option<u64>, Query, description = "Longest wait")),
     responses((status = 200, description = "Snapshot", body = Snapshot), (status = 400, body = bazaar_kit::problem::Problem)))]
-async fn watch(State(state): State<AppState>, Query(query): Query<WatchQuery>) -> axum::Json<Snapshot> {
+async fn watch(
+    State(state): State<AppState>,
+    Query(query): Query<WatchQuery>,
+) -> axum::Json<Snapshot> {
     let wait = Duration::from_millis(query.wait_ms).min(state.max_watch);
-    axum::Json(state.store.wait_for_change(&query.epoch, query.since, wait).await)
+    axum::Json(
+        state
+            .store
+            .wait_for_change(&query.epoch, query.since, wait)
+            .await,
+    )
 }

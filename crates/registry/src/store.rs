@@ -58,10 +58,13 @@ impl Store {
     /// Registers (or re-registers, keeping the id) an instance; returns its id.
     pub fn register(&self, registration: Registration) -> String {
         let now = now_ms() as u64;
-        let id = registration
-            .instance_id
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", registration.service, &uuid::Uuid::new_v4().simple().to_string()[..12]));
+        let id = registration.instance_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                registration.service,
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            )
+        });
         let mut inner = self.inner.lock().expect("registry lock");
         let registered_at_ms = inner
             .instances
@@ -192,12 +195,18 @@ mod tests {
     fn instances_become_routable_on_heartbeat_and_expire_without_one() {
         let store = Store::new(Duration::from_millis(30), Duration::from_millis(10));
         let id = store.register(registration("catalog"));
-        assert!(store.snapshot().routable("catalog").is_empty(), "not ready before a heartbeat");
+        assert!(
+            store.snapshot().routable("catalog").is_empty(),
+            "not ready before a heartbeat"
+        );
         assert!(store.heartbeat(&id, InstanceStatus::Up));
         assert_eq!(store.snapshot().routable("catalog").len(), 1);
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(store.expire(), vec![id.clone()]);
-        assert!(!store.heartbeat(&id, InstanceStatus::Up), "expired instance is unknown");
+        assert!(
+            !store.heartbeat(&id, InstanceStatus::Up),
+            "expired instance is unknown"
+        );
     }
 
     #[test]

@@ -26,7 +26,9 @@ impl Running {
 }
 
 async fn start(service: Service, port: u16) -> Running {
-    let listener = bazaar_kit::server::bind("127.0.0.1", port).await.expect("bind");
+    let listener = bazaar_kit::server::bind("127.0.0.1", port)
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(service.run(listener, async move {
@@ -47,7 +49,11 @@ async fn start_registry(port: u16, ttl_ms: u64) -> Running {
         heartbeat_interval_ms: 100,
         max_watch_ms: 2_000,
     };
-    start(bazaar_registry::build(common, config).await.expect("build"), port).await
+    start(
+        bazaar_registry::build(common, config).await.expect("build"),
+        port,
+    )
+    .await
 }
 
 async fn start_service(name: &str, registry: u16) -> Running {
@@ -98,7 +104,10 @@ async fn a_service_registers_becomes_routable_and_deregisters_on_shutdown() {
     assert!(instance.metadata.contains_key("pid"));
 
     catalog.stop().await;
-    eventually(&client, "catalog is gone", |s| !s.services.contains_key("catalog")).await;
+    eventually(&client, "catalog is gone", |s| {
+        !s.services.contains_key("catalog")
+    })
+    .await;
     registry.stop().await;
 }
 
@@ -118,12 +127,18 @@ async fn an_instance_that_stops_heartbeating_expires() {
         .await
         .expect("register");
     assert_eq!(accepted.ttl_ms, 300);
-    eventually(&client, "ghost expired", |s| !s.services.contains_key("ghost")).await;
+    eventually(&client, "ghost expired", |s| {
+        !s.services.contains_key("ghost")
+    })
+    .await;
     let error = client
         .heartbeat(&accepted.instance_id, &Default::default())
         .await
         .expect_err("expired instance is unknown");
-    assert!(matches!(error, bazaar_discovery::RegistryError::UnknownInstance(_)));
+    assert!(matches!(
+        error,
+        bazaar_discovery::RegistryError::UnknownInstance(_)
+    ));
     registry.stop().await;
 }
 
@@ -134,7 +149,10 @@ async fn instances_re_register_after_a_registry_restart_and_watchers_follow() {
     let client = RegistryClient::new(format!("http://127.0.0.1:{port}"));
     let discovery = Discovery::start(client.clone());
     let catalog = start_service("catalog", port).await;
-    eventually(&client, "catalog registered", |s| !s.routable("catalog").is_empty()).await;
+    eventually(&client, "catalog registered", |s| {
+        !s.routable("catalog").is_empty()
+    })
+    .await;
     let before = client.snapshot().await.expect("snapshot");
     let id = before.services["catalog"][0].id.clone();
 
@@ -147,7 +165,10 @@ async fn instances_re_register_after_a_registry_restart_and_watchers_follow() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while discovery.snapshot().epoch == before.epoch || discovery.instances("catalog").is_empty() {
-        assert!(Instant::now() < deadline, "the discovery view follows the new registry");
+        assert!(
+            Instant::now() < deadline,
+            "the discovery view follows the new registry"
+        );
         let mut watcher = discovery.clone();
         let _ = tokio::time::timeout(Duration::from_millis(500), watcher.changed()).await;
     }
@@ -167,18 +188,28 @@ async fn watch_answers_at_once_on_change_and_waits_otherwise() {
         .await
         .expect("watch");
     assert_eq!(same.version, first.version);
-    assert!(started.elapsed() >= Duration::from_millis(250), "waited for a change");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "waited for a change"
+    );
 
     let waiter = {
         let client = client.clone();
         let epoch = first.epoch.clone();
-        tokio::spawn(async move { client.watch(&epoch, first.version, Duration::from_secs(10)).await })
+        tokio::spawn(async move {
+            client
+                .watch(&epoch, first.version, Duration::from_secs(10))
+                .await
+        })
     };
     let started = Instant::now();
     let _service = start_service("cart", registry.port).await;
     let changed = waiter.await.expect("task").expect("watch");
     assert!(changed.version > first.version);
-    assert!(started.elapsed() < Duration::from_secs(5), "answered on change, not at timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered on change, not at timeout"
+    );
     registry.stop().await;
 }
 
@@ -188,10 +219,22 @@ async fn bad_registrations_are_refused_with_the_field_named() {
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{}/api/v1/instances", registry.port);
     for (body, field) in [
-        (r#"{"service":"Bad Name","address":"http://127.0.0.1:1","version":"1"}"#, "service"),
-        (r#"{"service":"ok","address":"ftp://x","version":"1"}"#, "address"),
-        (r#"{"service":"ok","address":"http://127.0.0.1:1"}"#, "version"),
-        (r#"{"service":"ok","address":"http://127.0.0.1:1","version":"1","instance_id":"a b"}"#, "instance_id"),
+        (
+            r#"{"service":"Bad Name","address":"http://127.0.0.1:1","version":"1"}"#,
+            "service",
+        ),
+        (
+            r#"{"service":"ok","address":"ftp://x","version":"1"}"#,
+            "address",
+        ),
+        (
+            r#"{"service":"ok","address":"http://127.0.0.1:1"}"#,
+            "version",
+        ),
+        (
+            r#"{"service":"ok","address":"http://127.0.0.1:1","version":"1","instance_id":"a b"}"#,
+            "instance_id",
+        ),
     ] {
         let response = http
             .post(&url)
@@ -205,7 +248,10 @@ async fn bad_registrations_are_refused_with_the_field_named() {
         assert_eq!(problem["field"], field, "{problem}");
     }
     let response = http
-        .put(format!("http://127.0.0.1:{}/api/v1/instances/nope/heartbeat", registry.port))
+        .put(format!(
+            "http://127.0.0.1:{}/api/v1/instances/nope/heartbeat",
+            registry.port
+        ))
         .header("content-type", "application/json")
         .body("{}")
         .send()
@@ -213,7 +259,10 @@ async fn bad_registrations_are_refused_with_the_field_named() {
         .expect("send");
     assert_eq!(response.status(), 404);
     let response = http
-        .get(format!("http://127.0.0.1:{}/api/v1/watch?since=abc", registry.port))
+        .get(format!(
+            "http://127.0.0.1:{}/api/v1/watch?since=abc",
+            registry.port
+        ))
         .send()
         .await
         .expect("send");
