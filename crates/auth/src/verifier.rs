@@ -1,0 +1,249 @@
+//! The JWKS cache and token validation.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderValue, StatusCode};
+use bazaar_kit::ApiError;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::claims::Claims;
+
+type FetchFuture = Pin<Box<dyn Future<Output = Result<JwkSet, String>> + Send>>;
+/// Fetches the current JWKS (over HTTP from the identity service, or from a fixture in tests).
+pub type JwksFetcher = Arc<dyn Fn() -> FetchFuture + Send + Sync>;
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's algorithm is not accepted")]
+    Algorithm,
+    #[error("the token is signed with an unknown key")]
+    UnknownKey,
+    #[error("the token's signature is invalid")]
+    Signature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued by someone else")]
+    Issuer,
+    #[error("the token is not meant for this API")]
+    Audience,
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match &error {
+            AuthError::Forbidden(why) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+                    .detail(why.clone())
+                    .header(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(
+                            "Bearer realm=\"bazaar\", error=\"insufficient_scope\"",
+                        ),
+                    )
+            }
+            AuthError::Missing => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+            )
+            .detail("send an access token: Authorization: Bearer <token>")
+            .header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"bazaar\""),
+            ),
+            other => {
+                let value = format!(
+                    "Bearer realm=\"bazaar\", error=\"invalid_token\", error_description=\"{other}\""
+                );
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "Invalid token")
+                    .detail(other.to_string())
+                    .header(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_str(&value)
+                            .unwrap_or_else(|_| HeaderValue::from_static("Bearer")),
+                    )
+            }
+        }
+    }
+}
+
+/// Verifies tokens against a cached JWKS. Share it in an `Arc`.
+pub struct Verifier {
+    issuer: String,
+    audiences: Vec<String>,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    fetcher: JwksFetcher,
+    last_fetch: Mutex<Option<Instant>>,
+    min_refetch: Duration,
+}
+
+impl Verifier {
+    /// A verifier accepting tokens from `issuer` whose `aud` is one of `audiences`.
+    pub fn new(issuer: &str, audiences: &[&str], fetcher: JwksFetcher) -> Arc<Self> {
+        Arc::new(Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+            keys: RwLock::new(HashMap::new()),
+            fetcher,
+            last_fetch: Mutex::new(None),
+            min_refetch: Duration::from_secs(10),
+        })
+    }
+
+    /// Fetches the JWKS from a URL.
+    pub fn http_fetcher(url: String) -> JwksFetcher {
+        let http = reqwest::Client::new();
+        Arc::new(move || {
+            let http = http.clone();
+            let url = url.clone();
+            Box::pin(async move {
+                http.get(&url)
+                    .timeout(Duration::from_secs(3))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .error_for_status()
+                    .map_err(|e| e.to_string())?
+                    .json::<JwkSet>()
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+    }
+
+    /// Fetches the JWKS from the identity service through the registry.
+    pub fn service_fetcher(client: bazaar_kit::client::ServiceClient) -> JwksFetcher {
+        Arc::new(move || {
+            let client = client.clone();
+            Box::pin(async move {
+                client
+                    .get_json::<JwkSet>("identity", "/oauth2/jwks.json")
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+    }
+
+    /// How long at least between two refetches triggered by unknown key ids.
+    pub fn with_min_refetch(mut self: Arc<Self>, every: Duration) -> Arc<Self> {
+        if let Some(this) = Arc::get_mut(&mut self) {
+            this.min_refetch = every;
+        }
+        self
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Replaces the cached keys with the fetched set; on failure keeps the cached keys.
+    pub async fn refresh(&self) -> Result<usize, String> {
+        *self.last_fetch.lock().expect("fetch lock") = Some(Instant::now());
+        let set = (self.fetcher)().await?;
+        let mut fresh = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            // Only Ed25519 keys: a symmetric or other key in the set must never verify anything.
+            let AlgorithmParameters::OctetKeyPair(params) = &jwk.algorithm else {
+                continue;
+            };
+            if params.curve != EllipticCurve::Ed25519 {
+                continue;
+            }
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                fresh.insert(kid, key);
+            }
+        }
+        let count = fresh.len();
+        *self.keys.write().expect("keys lock") = fresh;
+        Ok(count)
+    }
+
+    /// Refreshes every `every` for as long as the verifier lives.
+    pub fn spawn_refresh(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(verifier) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(error) = verifier.refresh().await {
+                    tracing::warn!(%error, "jwks refresh failed; keeping cached keys");
+                }
+                drop(verifier);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// Whether a key id is cached.
+    pub fn knows(&self, kid: &str) -> bool {
+        self.keys.read().expect("keys lock").contains_key(kid)
+    }
+
+    async fn key_for(&self, kid: &str) -> Option<DecodingKey> {
+        if let Some(key) = self.keys.read().expect("keys lock").get(kid) {
+            return Some(key.clone());
+        }
+        let may_refetch = self
+            .last_fetch
+            .lock()
+            .expect("fetch lock")
+            .is_none_or(|at| at.elapsed() >= self.min_refetch);
+        if may_refetch {
+            if let Err(error) = self.refresh().await {
+                tracing::warn!(%error, "jwks refetch for an unknown key failed");
+            }
+        }
+        self.keys.read().expect("keys lock").get(kid).cloned()
+    }
+
+    /// Validates a token: EdDSA only, a known key, signature, `exp`/`nbf`, `iss`, `aud`.
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName => AuthError::Algorithm,
+            _ => AuthError::Malformed,
+        })?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Algorithm);
+        }
+        let kid = header.kid.ok_or(AuthError::UnknownKey)?;
+        let key = self.key_for(&kid).await.ok_or(AuthError::UnknownKey)?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&self.audiences);
+        validation.validate_nbf = true;
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                    ErrorKind::InvalidIssuer => AuthError::Issuer,
+                    ErrorKind::InvalidAudience => AuthError::Audience,
+                    ErrorKind::InvalidSignature => AuthError::Signature,
+                    ErrorKind::InvalidAlgorithm => AuthError::Algorithm,
+                    _ => AuthError::Malformed,
+                }
+            })
+    }
+}
