@@ -1,9 +1,13 @@
 //! Service-to-service HTTP calls: resolve a service name through the registry view, balance
 //! across its instances, apply a timeout, retry on another instance only where that is safe
 //! (idempotent methods, or a connection that was refused so nothing was sent), and carry the
-//! current request id and `traceparent`.
+//! current request id and `traceparent`. With credentials, every call carries a
+//! client-credentials access token for the callee's audience, obtained from the `identity`
+//! service and cached until shortly before it expires.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bazaar_discovery::{Balancer, BalancerConfig, Discovery};
 use http::Method;
@@ -36,6 +40,30 @@ pub enum CallError {
         service: String,
         source: reqwest::Error,
     },
+    #[error("cannot obtain a token for {audience}: {reason}")]
+    Token { audience: String, reason: String },
+}
+
+/// OAuth client credentials for service-to-service calls.
+#[derive(Clone)]
+pub struct Credentials {
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+/// The service that issues tokens; calls to it carry none.
+pub const IDENTITY_SERVICE: &str = "identity";
+
+#[derive(Default)]
+struct TokenCache {
+    by_audience: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
 }
 
 /// A load-balanced client for calling other services by name. Cheap to clone.
@@ -46,9 +74,90 @@ pub struct ServiceClient {
     http: reqwest::Client,
     timeout: Duration,
     attempts: usize,
+    credentials: Option<Credentials>,
+    tokens: Arc<TokenCache>,
 }
 
 impl ServiceClient {
+    /// A client for a service with the credentials of its configuration.
+    pub fn for_service(common: &crate::config::CommonConfig, discovery: Discovery) -> Self {
+        Self::new(discovery).with_credentials(Credentials {
+            client_id: common.client_id.clone(),
+            client_secret: common.client_secret.expose().to_owned(),
+        })
+    }
+
+    /// Sends a client-credentials token for the callee's audience on every call.
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// A token for `audience`, from the cache or freshly issued by the identity service.
+    pub async fn token_for(&self, audience: &str) -> Result<Option<String>, CallError> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(None);
+        };
+        if let Some((token, until)) = self
+            .tokens
+            .by_audience
+            .lock()
+            .expect("token cache lock")
+            .get(audience)
+        {
+            if *until > Instant::now() {
+                return Ok(Some(token.clone()));
+            }
+        }
+        let failure = |reason: String| CallError::Token {
+            audience: audience.to_owned(),
+            reason,
+        };
+        let instances = self.discovery.instances(IDENTITY_SERVICE);
+        let endpoint = self
+            .balancer
+            .pick(&instances, &[])
+            .ok_or_else(|| failure("no identity instance".into()))?;
+        let response = self
+            .http
+            .post(format!("{}/oauth2/token", endpoint.instance.address))
+            .basic_auth(&credentials.client_id, Some(&credentials.client_secret))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("audience", audience),
+                ("scope", "internal"),
+            ])
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| failure(e.to_string()))?;
+        if !response.status().is_success() {
+            endpoint.in_flight.success();
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            return Err(failure(format!("{status}: {body}")));
+        }
+        endpoint.in_flight.success();
+        let issued: TokenResponse = response.json().await.map_err(|e| failure(e.to_string()))?;
+        // Renew a little before expiry so a token never dies in flight.
+        let lifetime = Duration::from_secs(issued.expires_in.unwrap_or(60));
+        let until = Instant::now() + lifetime.saturating_sub(Duration::from_secs(15));
+        self.tokens
+            .by_audience
+            .lock()
+            .expect("token cache lock")
+            .insert(audience.to_owned(), (issued.access_token.clone(), until));
+        Ok(Some(issued.access_token))
+    }
+
+    fn forget_token(&self, audience: &str) {
+        self.tokens
+            .by_audience
+            .lock()
+            .expect("token cache lock")
+            .remove(audience);
+    }
+
     pub fn new(discovery: Discovery) -> Self {
         Self {
             discovery,
@@ -60,6 +169,8 @@ impl ServiceClient {
                 .expect("reqwest client without TLS always builds"),
             timeout: Duration::from_secs(5),
             attempts: 3,
+            credentials: None,
+            tokens: Arc::default(),
         }
     }
 
@@ -88,7 +199,8 @@ impl ServiceClient {
         })
     }
 
-    /// Sends a request; non-2xx answers become [`CallError::Status`].
+    /// Sends a request; non-2xx answers become [`CallError::Status`]. A 401 with a cached token
+    /// (the callee saw a rotation or a revocation) is retried once with a fresh token.
     pub async fn send<B: Serialize>(
         &self,
         service: &str,
@@ -97,6 +209,37 @@ impl ServiceClient {
         body: Option<&B>,
         headers: HeaderMap,
     ) -> Result<reqwest::Response, CallError> {
+        let first = self
+            .send_once(service, method.clone(), path, body, headers.clone())
+            .await;
+        match first {
+            Err(CallError::Status { status: 401, .. })
+                if self.credentials.is_some() && service != IDENTITY_SERVICE =>
+            {
+                self.forget_token(service);
+                self.send_once(service, method, path, body, headers).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once<B: Serialize>(
+        &self,
+        service: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        mut headers: HeaderMap,
+    ) -> Result<reqwest::Response, CallError> {
+        if service != IDENTITY_SERVICE {
+            if let Some(token) = self.token_for(service).await? {
+                if let Ok(value) =
+                    reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                {
+                    headers.insert(reqwest::header::AUTHORIZATION, value);
+                }
+            }
+        }
         let idempotent = matches!(
             method,
             Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS

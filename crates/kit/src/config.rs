@@ -46,6 +46,28 @@ pub struct CommonConfig {
     pub max_body_bytes: usize,
     /// How long to wait for in-flight requests on shutdown, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// OAuth client this service uses for service-to-service calls (client credentials).
+    pub client_id: String,
+    /// Its secret. Never logged: `Debug` of this struct redacts it.
+    #[serde(default)]
+    pub client_secret: Secret,
+}
+
+/// A configuration value that must never appear in logs.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Log output format.
@@ -73,6 +95,10 @@ impl CommonConfig {
             log_level: "info".to_owned(),
             max_body_bytes: 1024 * 1024,
             shutdown_grace_ms: 10_000,
+            // The development default, seeded by the identity service; set a real one outside
+            // a laptop (BAZAAR_CLIENT_SECRET).
+            client_id: "bazaar-services".to_owned(),
+            client_secret: Secret("bazaar-services-secret".to_owned()),
         }
     }
 

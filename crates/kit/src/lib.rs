@@ -5,6 +5,7 @@
 //! A service crate builds its own `axum::Router` and hands it to [`server::Service`], which adds
 //! the common routes and layers and runs it.
 
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod context;

@@ -166,19 +166,21 @@ impl Service {
         let app = self.app();
         tracing::info!(service = %self.common.service, %address, "listening");
         let grace = Duration::from_millis(self.common.shutdown_grace_ms);
+        // Deregister before draining: routers stop sending new requests here while the
+        // listener still answers the ones in flight (and the registry can still reach itself).
         serve(
             listener,
             app,
             async move {
                 shutdown.await;
                 let _ = stop_tx.send(true);
+                if let Some(task) = registrar {
+                    let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+                }
             },
             grace,
         )
         .await?;
-        if let Some(task) = registrar {
-            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
-        }
         tracing::info!(service = %self.common.service, "stopped");
         Ok(())
     }
