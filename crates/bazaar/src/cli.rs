@@ -51,6 +51,27 @@ pub enum Command {
     Products(ProductsArgs),
     /// Measure gateway throughput and added latency.
     Bench(BenchArgs),
+    /// Check the audit logs.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the hash chain of every service's audit log (read from its database).
+    Verify {
+        /// The data directory `bazaar up` uses.
+        #[arg(long, default_value = ".bazaar")]
+        data_dir: PathBuf,
+        /// Check one database instead (sqlite:// or postgres://).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 
+mod audit;
 mod bench;
 mod cli;
 mod output;
@@ -24,6 +25,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Status(args) => status::status(cli.global, args).await,
             cli::Command::Products(args) => products::products(cli.global, args).await,
             cli::Command::Bench(args) => bench::bench(cli.global, args).await,
+            cli::Command::Audit(args) => audit::audit(cli.global, args).await,
         }
     });
     match outcome {
