@@ -11,6 +11,9 @@ mod claims;
 mod extract;
 mod verifier;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 pub use claims::{Audience, Claims};
 pub use extract::{bearer_token, Caller, RequireAdmin};
 pub use verifier::{AuthError, JwksFetcher, Verifier};

@@ -132,8 +132,7 @@ pub struct ChainError {
 /// Checks that `records` (in `seq` order, from the first) form an unbroken chain.
 pub fn verify_chain(records: &[AuditRecord]) -> Result<(), ChainError> {
     let mut previous = GENESIS.to_owned();
-    let mut expected_seq = 1;
-    for record in records {
+    for (expected_seq, record) in (1_i64..).zip(records) {
         if record.seq != expected_seq {
             return Err(ChainError {
                 seq: record.seq,
@@ -153,7 +152,6 @@ pub fn verify_chain(records: &[AuditRecord]) -> Result<(), ChainError> {
             });
         }
         previous = record.hash.clone();
-        expected_seq += 1;
     }
     Ok(())
 }
