@@ -10,9 +10,97 @@
 //! | 502 | `bad_upstream_address` | a registered address does not form a valid URL |
 //! | 503 | `no_healthy_upstream` | no routable, non-ejected instance is left |
 //! | 504 | `upstream_timeout` | the upstream did not answer within the route's timeout |
+//! | 401 | `unauthenticated` | the route needs a token and none was sent (`WWW-Authenticate`) |
+//! | 401 | `invalid_token` | a bearer token was sent and is not valid, on any route (`WWW-Authenticate`) |
+//! | 403 | `forbidden` | the token lacks the role (`admin`) or scope (`partner`) the route needs |
+//! | 401 | `api_key_required` | the route needs an `x-api-key` and none was sent |
+//! | 401 | `invalid_api_key` | the API key is unknown or revoked |
+//! | 403 | `plan_expired` | the key's plan (a free trial) has ended |
+//! | 429 | `rate_limited` | over the key's per-second rate, or the anonymous per-address rate (`Retry-After`, `RateLimit`) |
+//! | 429 | `quota_exceeded` | the key's day or month quota is used up (`Retry-After`, `RateLimit`) |
+//! | 503 | `key_lookup_unavailable` | the developer service could not be asked about the key (`Retry-After`) |
 
 use axum::http::{header, HeaderValue, StatusCode};
 use bazaar_kit::ApiError;
+
+use crate::limits::RateInfo;
+
+/// `WWW-Authenticate` for API-key failures (a 401 must name a scheme, RFC 9110 §15.5.2).
+const API_KEY_CHALLENGE: &str = "ApiKey realm=\"bazaar\", header=\"x-api-key\"";
+
+pub fn api_key_required() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "api_key_required",
+        "API key required",
+    )
+    .detail("this route needs an API key: send it as x-api-key: <key>")
+    .header(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(API_KEY_CHALLENGE),
+    )
+}
+
+pub fn invalid_api_key() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_api_key",
+        "Invalid API key",
+    )
+    .detail("the API key is unknown or has been revoked")
+    .header(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(API_KEY_CHALLENGE),
+    )
+}
+
+pub fn plan_expired(detail: String) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "plan_expired", "The plan has ended").detail(detail)
+}
+
+fn too_many(
+    code: &'static str,
+    title: &'static str,
+    detail: String,
+    retry_after: u64,
+    info: &RateInfo,
+) -> ApiError {
+    let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, title)
+        .detail(detail)
+        .header(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    for (name, value) in info.headers() {
+        error = error.header(name, value);
+    }
+    error
+}
+
+pub fn rate_limited(retry_after: u64, info: &RateInfo) -> ApiError {
+    too_many(
+        "rate_limited",
+        "Too many requests",
+        format!("the request rate is over the limit; retry in {retry_after} s"),
+        retry_after,
+        info,
+    )
+}
+
+pub fn quota_exceeded(period: &str, retry_after: u64, info: &RateInfo) -> ApiError {
+    too_many(
+        "quota_exceeded",
+        "Quota exceeded",
+        format!("the key's {period} quota is used up; it renews in {retry_after} s"),
+        retry_after,
+        info,
+    )
+}
+
+pub fn key_lookup_unavailable() -> ApiError {
+    ApiError::unavailable(
+        "key_lookup_unavailable",
+        "the API key cannot be checked right now",
+    )
+    .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+}
 
 pub fn invalid_path() -> ApiError {
     ApiError::bad_request("invalid_path", "paths may not contain '.' or '..' segments")

@@ -22,6 +22,29 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The API key a client sends; checked here, never forwarded.
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// Identity the gateway vouches for. Only the gateway sets `x-bazaar-*` headers.
+pub const X_BAZAAR_SUBJECT: HeaderName = HeaderName::from_static("x-bazaar-subject");
+pub const X_BAZAAR_CLIENT_ID: HeaderName = HeaderName::from_static("x-bazaar-client-id");
+pub const X_BAZAAR_ROLES: HeaderName = HeaderName::from_static("x-bazaar-roles");
+pub const X_BAZAAR_API_KEY_ID: HeaderName = HeaderName::from_static("x-bazaar-api-key-id");
+pub const X_BAZAAR_PLAN: HeaderName = HeaderName::from_static("x-bazaar-plan");
+
+/// Removes every `x-bazaar-*` header a client sent (so none can pose as a vouched identity)
+/// and the API key.
+pub fn strip_identity(headers: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-bazaar-"))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+    headers.remove(X_API_KEY);
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers

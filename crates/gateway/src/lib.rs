@@ -5,9 +5,16 @@
 //! failing ones, retries where that is safe, propagates the request id and trace, and serves the
 //! static assets, the merged OpenAPI document with its docs page, and a landing page.
 //!
+//! Every routed request is first admitted under its route's policy (public, user, admin,
+//! partner, api_key) and the caller's limits (API-key plans, per-address anonymous rate).
+//!
 //! Code map:
-//! - [`config`]: settings and the default route list;
-//! - [`routes`]: the validated route table (prefix matching, rewriting);
+//! - [`config`]: settings and the default route list with each route's policy;
+//! - [`routes`]: the validated route table (prefix matching, rewriting, `/internal` refused);
+//! - `authorize`: the policies and identity headers; `keys`: the cached API-key lookup;
+//!   `limits`: rates and quotas (in memory or Redis) and the `RateLimit` headers; `usage`:
+//!   usage reports to the developer service; `client_ip`: the client address behind trusted
+//!   proxies; `calendar`: UTC day and month windows;
 //! - `proxy`: forwarding with balancing, retries and timeouts; `body` buffers request bodies
 //!   under the cap, `headers` rewrites hop-by-hop and `X-Forwarded-*` headers, `client` builds
 //!   the pooled HTTP client;
@@ -19,37 +26,49 @@
 //! error; a request never waits on the registry (the discovery view is local); an instance the
 //! balancer has ejected receives no traffic until its ejection ends.
 
+mod authorize;
 mod body;
+mod calendar;
 mod client;
+mod client_ip;
 pub mod config;
 mod error;
 mod headers;
+pub mod keys;
 mod landing;
 mod layers;
+pub mod limits;
 mod metrics;
 mod openapi;
 mod proxy;
 pub mod routes;
 mod state;
 mod static_files;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::{any, get};
 use axum::Router;
+use bazaar_auth::Verifier;
 use bazaar_discovery::{Balancer, BalancerConfig, Discovery, RegistryClient};
+use bazaar_kit::client::ServiceClient;
 use bazaar_kit::config::CommonConfig;
 use bazaar_kit::metrics::Metrics;
 use bazaar_kit::server::Service;
 
-pub use config::{default_routes, Config, RouteConfig};
+pub use config::{default_routes, Config, Policy, RouteConfig};
 pub use openapi::own_document as openapi;
 pub use routes::RouteTable;
 
+use crate::authorize::Security;
+use crate::keys::KeyStore;
+use crate::limits::Limits;
 use crate::metrics::GatewayMetrics;
 use crate::openapi::OpenApiCache;
 use crate::state::Gateway;
+use crate::usage::{FlushOnDrop, Usage};
 
 /// Gateway name in the registry.
 pub const NAME: &str = "gateway";
@@ -68,6 +87,31 @@ const RESERVED: [&str; 8] = [
     "/openapi.json",
 ];
 
+/// What the gateway calls besides the upstreams it routes to: the token verifier (with its
+/// JWKS cache) and the client for the developer service (key lookups, usage reports).
+#[derive(Clone)]
+pub struct Dependencies {
+    pub verifier: Arc<Verifier>,
+    pub services: ServiceClient,
+}
+
+impl Dependencies {
+    /// Production wiring: the JWKS from the `identity` service (refreshed every 60 s) and
+    /// `services` for the developer service (carrying client-credentials tokens when it was
+    /// made with [`ServiceClient::for_service`]).
+    pub fn new(config: &Config, discovery: &Discovery, services: ServiceClient) -> Self {
+        let verifier = Verifier::new(
+            &config.issuer,
+            &["bazaar"],
+            Verifier::service_fetcher(ServiceClient::new(discovery.clone())),
+        );
+        if tokio::runtime::Handle::try_current().is_ok() {
+            verifier.spawn_refresh(Duration::from_secs(60));
+        }
+        Self { verifier, services }
+    }
+}
+
 /// Builds the gateway service: starts watching the registry and wires everything.
 pub async fn build(common: CommonConfig, config: Config) -> anyhow::Result<Service> {
     let discovery = Discovery::start(RegistryClient::new(&common.registry_url));
@@ -81,12 +125,26 @@ pub fn service(
     config: Config,
     discovery: Discovery,
 ) -> anyhow::Result<Service> {
+    let services = ServiceClient::for_service(&common, discovery.clone());
+    let dependencies = Dependencies::new(&config, &discovery, services);
+    service_with(common, config, discovery, dependencies)
+}
+
+/// [`service`] with the given verifier and developer-service client (tests inject a verifier
+/// over a test JWKS).
+pub fn service_with(
+    common: CommonConfig,
+    config: Config,
+    discovery: Discovery,
+    dependencies: Dependencies,
+) -> anyhow::Result<Service> {
     let metrics = Metrics::new();
-    let router = router(
+    let router = router_with(
         &config,
         discovery.clone(),
         metrics.clone(),
         common.max_body_bytes,
+        dependencies,
     )?;
     Ok(Service::new(common, router)
         .with_openapi(openapi::own_document())
@@ -104,12 +162,26 @@ pub fn service(
 }
 
 /// The gateway's routes and layers (without the kit's common ones, which [`Service`] adds).
-/// Fails on an invalid route table or CORS origin, naming it.
+/// Fails on an invalid route table, CORS origin, trusted proxy or limits backend, naming it.
+/// Calls the developer service without credentials; see [`router_with`].
 pub fn router(
     config: &Config,
     discovery: Discovery,
     metrics: Metrics,
     max_body_bytes: usize,
+) -> anyhow::Result<Router> {
+    let services = ServiceClient::new(discovery.clone());
+    let dependencies = Dependencies::new(config, &discovery, services);
+    router_with(config, discovery, metrics, max_body_bytes, dependencies)
+}
+
+/// [`router`] with the given verifier and developer-service client.
+pub fn router_with(
+    config: &Config,
+    discovery: Discovery,
+    metrics: Metrics,
+    max_body_bytes: usize,
+    dependencies: Dependencies,
 ) -> anyhow::Result<Router> {
     let table = RouteTable::new(&config.routes)?;
     for route in table.routes() {
@@ -122,6 +194,7 @@ pub fn router(
             );
         }
     }
+    let security = Arc::new(security(config, dependencies)?);
     let balancer = Balancer::new(BalancerConfig::default());
     forget_departed_instances(&discovery, &balancer, &table);
 
@@ -135,6 +208,7 @@ pub fn router(
         openapi: Arc::new(OpenApiCache::new(Duration::from_millis(
             config.openapi_cache_ms,
         ))),
+        security,
     };
 
     let mut router = Router::new()
@@ -159,6 +233,52 @@ pub fn router(
         .with_state(gateway)
         .layer(layers::compression())
         .layer(layers::cors(&config.cors_origins)?))
+}
+
+/// The policies' and limits' machinery, with the usage flusher running.
+fn security(config: &Config, dependencies: Dependencies) -> anyhow::Result<Security> {
+    let trusted_proxies = client_ip::parse_all(&config.trusted_proxies)?;
+    let lookups = dependencies
+        .services
+        .clone()
+        .with_timeout(Duration::from_secs(2));
+    let keys = KeyStore::new(
+        lookups,
+        Duration::from_millis(config.key_cache_ms),
+        Duration::from_millis(config.key_negative_cache_ms),
+    );
+    let instance = if config.instance_name.is_empty() {
+        format!("gateway-{}-{:04x}", std::process::id(), fastrand::u16(..))
+    } else {
+        config.instance_name.clone()
+    };
+    let usage = Arc::new(Usage::new(dependencies.services, instance));
+    let limits = Arc::new(Limits::new(
+        &config.limits_backend,
+        &config.limits_namespace,
+        config.anonymous_rate_per_second,
+        config.anonymous_burst,
+        usage.clone(),
+    )?);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let housekeeping = Arc::downgrade(&limits);
+    usage::spawn_flusher(
+        usage.clone(),
+        Duration::from_millis(config.usage_flush_ms.max(10)),
+        stopped,
+        move || {
+            if let Some(limits) = housekeeping.upgrade() {
+                limits.housekeeping();
+            }
+        },
+    );
+    Ok(Security {
+        verifier: dependencies.verifier,
+        keys,
+        limits,
+        trusted_proxies,
+        _flush: FlushOnDrop { usage, stop },
+    })
 }
 
 /// Drops the balancer's statistics of instances that left the registry, so they do not pile up

@@ -1,6 +1,7 @@
-//! Forwarding a request along its route: pick an instance with the balancer, send the buffered
-//! request with the caller's identity (request id, trace, `X-Forwarded-*`), retry on another
-//! instance where that is safe, and stream the answer back.
+//! Forwarding a request along its route: refuse `/internal` paths, admit the caller under the
+//! route's policy and limits (`authorize`), pick an instance with the balancer, send the
+//! buffered request with the caller's identity (request id, trace, `X-Forwarded-*`,
+//! `x-bazaar-*`), retry on another instance where that is safe, and stream the answer back.
 //!
 //! Retry policy, and why:
 //! - a refused (or timed-out) *connect* is retried on another instance for every method: the
@@ -26,6 +27,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tokio::time::Instant;
 
+use crate::authorize::{self, Admission};
 use crate::error;
 use crate::headers;
 use crate::metrics::Outcome;
@@ -38,15 +40,37 @@ const MAX_ATTEMPTS: usize = 3;
 /// The handler behind every configured route prefix.
 pub async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
     let routes = gateway.routes.clone();
-    let Some(route) = routes.resolve(request.uri().path()) else {
-        // Only reachable if axum's route table and ours disagree; answer like the kit would.
+    let path = request.uri().path();
+    let route = routes.resolve(path).filter(|route| {
+        // The services' private surface, however the path is spelled and wherever a rewrite
+        // would send it, is not there from outside.
+        !crate::routes::is_internal(path) && !crate::routes::is_internal(&route.forward_path(path))
+    });
+    let Some(route) = route else {
         return bazaar_kit::problem::not_found_fallback(request.uri().clone())
             .await
             .into_response();
     };
-    let response = forward(&gateway, route, request)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
+    let (parts, body) = request.into_parts();
+    let policy = route.policy_for(&parts.method);
+    let admitted = if has_dot_segment(parts.uri.path()) {
+        Err(error::invalid_path())
+    } else {
+        authorize::admit(&gateway.security, policy, &parts).await
+    };
+    let response = match admitted {
+        Ok(admission) => {
+            let extra = admission.response.clone();
+            let mut response = forward(&gateway, route, parts, body, admission)
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
+            for (name, value) in extra {
+                response.headers_mut().insert(name, value);
+            }
+            response
+        }
+        Err(refused) => refused.into_response(),
+    };
     gateway
         .metrics
         .request(&route.prefix, response.status().as_u16());
@@ -69,12 +93,14 @@ fn has_dot_segment(path: &str) -> bool {
     })
 }
 
-async fn forward(gateway: &Gateway, route: &Route, request: Request) -> Result<Response, ApiError> {
-    let path = request.uri().path().to_owned();
-    if has_dot_segment(&path) {
-        return Err(error::invalid_path());
-    }
-    let (parts, body) = request.into_parts();
+async fn forward(
+    gateway: &Gateway,
+    route: &Route,
+    parts: http::request::Parts,
+    body: Body,
+    admission: Admission,
+) -> Result<Response, ApiError> {
+    let path = parts.uri.path().to_owned();
     let body = crate::body::buffer(body, &parts.headers, gateway.max_body_bytes).await?;
 
     let mut headers = parts.headers;
@@ -83,6 +109,10 @@ async fn forward(gateway: &Gateway, route: &Route, request: Request) -> Result<R
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(peer)| *peer);
     headers::prepare_request(&mut headers, peer);
+    headers::strip_identity(&mut headers);
+    for (name, value) in admission.upstream {
+        headers.insert(name, value);
+    }
     let request_context = parts
         .extensions
         .get::<RequestContext>()

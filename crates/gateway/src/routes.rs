@@ -4,13 +4,42 @@
 //! Invariants: prefixes start with `/`, have no trailing `/` (except the root), no empty or dot
 //! segments and only URL-safe characters, so they can be registered as axum paths verbatim and
 //! matched by plain string comparison on segment boundaries; no two routes share a prefix; the
-//! table is ordered longest prefix first, so the first match is the most specific one.
+//! table is ordered longest prefix first, so the first match is the most specific one; neither
+//! a prefix nor a rewrite lies under `/internal`, which is never routed.
 
 use std::time::Duration;
 
+use axum::http::Method;
 use bazaar_discovery::{Instance, InstanceStatus};
 
-use crate::config::RouteConfig;
+use crate::config::{Policy, RouteConfig};
+
+/// Whether `path` lies under `/internal`, the services' private surface that the gateway never
+/// exposes. Compared on the percent-decoded path, case-insensitively and ignoring empty
+/// segments, so `//Internal/x` and `/%69nternal/x` are caught as well.
+pub fn is_internal(path: &str) -> bool {
+    let first = path.split('/').find(|segment| !segment.is_empty());
+    first.is_some_and(|segment| percent_decode(segment).eq_ignore_ascii_case("internal"))
+}
+
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(byte) = u8::from_str_radix(hex, 16) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 /// Where a route sends its requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +67,10 @@ pub struct Route {
     /// Replacement for the prefix in the forwarded path; `None` keeps the prefix.
     pub rewrite: Option<String>,
     pub timeout: Duration,
+    /// Who may read (GET, HEAD, OPTIONS).
+    pub policy: Policy,
+    /// Who may call any other method.
+    pub write_policy: Policy,
 }
 
 /// A route that cannot be used, naming it.
@@ -70,6 +103,15 @@ fn swap_prefix(path: &str, from: &str, to: &str) -> String {
 }
 
 impl Route {
+    /// The policy in force for `method`.
+    pub fn policy_for(&self, method: &Method) -> Policy {
+        if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            self.policy
+        } else {
+            self.write_policy
+        }
+    }
+
     /// The path to request from the upstream for the public `path` (which this route covers).
     pub fn forward_path(&self, path: &str) -> String {
         swap_prefix(path, &self.prefix, self.upstream_prefix())
@@ -176,11 +218,18 @@ fn validate(config: &RouteConfig) -> Result<Route, RouteError> {
     if config.timeout_ms == 0 {
         return Err(fail("timeout_ms must be greater than 0"));
     }
+    if is_internal(&prefix) || rewrite.as_deref().is_some_and(is_internal) {
+        return Err(fail(
+            "/internal is the services' private surface and is never routed",
+        ));
+    }
     Ok(Route {
         prefix,
         target,
         rewrite,
         timeout: Duration::from_millis(config.timeout_ms),
+        policy: config.policy,
+        write_policy: config.write_policy.unwrap_or(config.policy),
     })
 }
 
@@ -228,6 +277,42 @@ fn validate_upstream(upstream: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_paths_are_recognized_however_spelled() {
+        for path in [
+            "/internal",
+            "/internal/v1/keys/lookup",
+            "//internal/x",
+            "/Internal/x",
+            "/%69nternal/x",
+            "/%69%6E%74ernal",
+        ] {
+            assert!(is_internal(path), "{path}");
+        }
+        for path in ["/", "/api/v1/internal", "/internals", "/intern%"] {
+            assert!(!is_internal(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn write_policy_applies_to_writing_methods_only() {
+        let routes = table(&[RouteConfig::service("/a", "a")
+            .policy(Policy::User)
+            .write_policy(Policy::Admin)]);
+        let route = routes.resolve("/a").expect("route");
+        assert_eq!(route.policy_for(&Method::GET), Policy::User);
+        assert_eq!(route.policy_for(&Method::HEAD), Policy::User);
+        assert_eq!(route.policy_for(&Method::POST), Policy::Admin);
+        assert_eq!(route.policy_for(&Method::DELETE), Policy::Admin);
+        let routes = table(&[RouteConfig::service("/b", "b").policy(Policy::ApiKey)]);
+        let route = routes.resolve("/b").expect("route");
+        assert_eq!(
+            route.policy_for(&Method::PUT),
+            Policy::ApiKey,
+            "defaults to policy"
+        );
+    }
 
     fn table(configs: &[RouteConfig]) -> RouteTable {
         RouteTable::new(configs).expect("valid routes")
@@ -295,6 +380,12 @@ mod tests {
             (RouteConfig::upstream("/a", "not a url"), "not a URL"),
             (RouteConfig::service("/a", "a").timeout_ms(0), "timeout_ms"),
             (RouteConfig::default(), "start with '/'"),
+            (RouteConfig::service("/internal", "a"), "never routed"),
+            (RouteConfig::service("/Internal/v1", "a"), "never routed"),
+            (
+                RouteConfig::service("/x", "a").rewrite("/internal/v1"),
+                "never routed",
+            ),
         ] {
             let error = RouteTable::new(&[config]).expect_err(needle);
             assert!(error.to_string().contains(needle), "{error} lacks {needle}");

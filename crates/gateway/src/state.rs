@@ -1,11 +1,12 @@
 //! What every gateway handler shares: the route table, the registry view, the balancer (whose
 //! per-instance statistics and ejections must be shared by all requests to mean anything), the
-//! pooled client, the metrics and the OpenAPI cache.
+//! pooled client, the metrics, the OpenAPI cache, and the authorization and limits.
 
 use std::sync::Arc;
 
 use bazaar_discovery::{Balancer, Discovery};
 
+use crate::authorize::Security;
 use crate::client::HttpClient;
 use crate::metrics::GatewayMetrics;
 use crate::openapi::OpenApiCache;
@@ -21,4 +22,5 @@ pub struct Gateway {
     pub metrics: GatewayMetrics,
     pub max_body_bytes: usize,
     pub openapi: Arc<OpenApiCache>,
+    pub security: Arc<Security>,
 }

@@ -1,6 +1,10 @@
 //! The gateway end to end: a real gateway and real upstream servers on 127.0.0.1 port 0, talked
 //! to over TCP. Upstreams are small axum routers that echo what they received, so each test can
-//! assert on what crossed the gateway in both directions.
+//! assert on what crossed the gateway in both directions. Authorization, API keys and limits
+//! are in `gateway/security.rs`.
+
+#[path = "gateway/security.rs"]
+mod security;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -169,10 +173,107 @@ fn common() -> CommonConfig {
     common
 }
 
-/// A gateway over `discovery`, served exactly as in production (kit layers included).
+/// A gateway over `discovery`, served exactly as in production (kit layers included), except
+/// that tokens are verified against the test key's JWKS and the developer service is called
+/// without credentials.
 async fn gateway(config: Config, discovery: Discovery) -> Server {
-    let service = bazaar_gateway::service(common(), config, discovery).expect("gateway builds");
+    let services = bazaar_kit::client::ServiceClient::new(discovery.clone());
+    gateway_with(config, discovery, services).await
+}
+
+async fn gateway_with(
+    config: Config,
+    discovery: Discovery,
+    services: bazaar_kit::client::ServiceClient,
+) -> Server {
+    let dependencies = bazaar_gateway::Dependencies {
+        verifier: tokens::verifier(),
+        services,
+    };
+    let service = bazaar_gateway::service_with(common(), config, discovery, dependencies)
+        .expect("gateway builds");
     run_service(service).await
+}
+
+/// Test access tokens: EdDSA-signed with a fixed key whose JWKS the test verifier serves.
+mod tokens {
+    use std::sync::Arc;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use base64::Engine;
+    use bazaar_auth::Verifier;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use ed25519_dalek::SigningKey;
+    use jsonwebtoken::jwk::JwkSet;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use serde_json::{json, Value};
+
+    pub const ISSUER: &str = "http://127.0.0.1:8080";
+    pub const KID: &str = "test-key";
+
+    pub fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    pub fn jwks() -> Value {
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(key().verifying_key().as_bytes());
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": KID, "alg": "EdDSA", "use": "sig"}]})
+    }
+
+    pub fn verifier() -> Arc<Verifier> {
+        Verifier::new(
+            ISSUER,
+            &["bazaar"],
+            Arc::new(|| {
+                Box::pin(async {
+                    serde_json::from_value::<JwkSet>(jwks()).map_err(|e| e.to_string())
+                })
+            }),
+        )
+    }
+
+    pub fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    }
+
+    pub fn sign_with(signing: &SigningKey, kid: &str, claims: &Value) -> String {
+        let der = signing.to_pkcs8_der().expect("pkcs8");
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes()))
+            .expect("sign")
+    }
+
+    pub fn sign(claims: &Value) -> String {
+        sign_with(&key(), KID, claims)
+    }
+
+    /// A user's token (authorization code flow: `sub` differs from `client_id`).
+    pub fn user_claims(sub: &str, roles: &[&str]) -> Value {
+        json!({"iss": ISSUER, "sub": sub, "aud": "bazaar", "exp": now() + 300, "iat": now(),
+               "nbf": now(), "jti": format!("j-{sub}"), "client_id": "storefront",
+               "scope": "openid", "roles": roles})
+    }
+
+    pub fn customer() -> String {
+        sign(&user_claims("user-1", &["customer"]))
+    }
+
+    pub fn admin() -> String {
+        sign(&user_claims("admin-1", &["admin"]))
+    }
+
+    /// A client-credentials token (`sub` is the client).
+    pub fn client(client_id: &str, scope: &str) -> String {
+        sign(
+            &json!({"iss": ISSUER, "sub": client_id, "aud": "bazaar", "exp": now() + 300,
+                     "iat": now(), "client_id": client_id, "scope": scope, "roles": []}),
+        )
+    }
 }
 
 async fn run_service(service: bazaar_kit::server::Service) -> Server {
@@ -267,7 +368,16 @@ async fn routes_by_longest_prefix_rewrite_and_forwarded_headers() {
     assert_eq!(status, 200);
     assert_eq!(body["path"], "/api/v1/categories");
 
-    let (_, _, body) = get_json(&client, &format!("{}/api/v1/registry/services", gw.url)).await;
+    // The registry route is for admins (policy admin); the token is forwarded as is.
+    let body: Value = client
+        .get(format!("{}/api/v1/registry/services", gw.url))
+        .bearer_auth(tokens::admin())
+        .send()
+        .await
+        .expect("registry")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(body["instance"], "registry-1");
     assert_eq!(body["path"], "/api/v1/services", "prefix rewritten");
 
@@ -287,6 +397,7 @@ async fn routes_by_longest_prefix_rewrite_and_forwarded_headers() {
 
     let response = client
         .post(format!("{}/api/v1/products", gw.url))
+        .bearer_auth(tokens::admin())
         .header("content-type", "application/json")
         .body(r#"{"name":"mug"}"#)
         .send()
@@ -561,8 +672,10 @@ async fn oversized_bodies_are_413_problems() {
         fixed(vec![instance("c", "catalog", &catalog.url)]),
     )
     .await;
+    let admin = tokens::admin();
     let response = http()
         .post(format!("{}/api/v1/products", gw.url))
+        .bearer_auth(&admin)
         .header("content-type", "application/json")
         .body(vec![b'x'; MAX_BODY * 4])
         .send()
@@ -578,7 +691,7 @@ async fn oversized_bodies_are_413_problems() {
     let mut stream = tokio::net::TcpStream::connect(gw.url.trim_start_matches("http://"))
         .await
         .expect("connect");
-    let head = "POST /api/v1/products HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    let head = format!("POST /api/v1/products HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {admin}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n");
     stream.write_all(head.as_bytes()).await.expect("head");
     let chunk = format!("{:x}\r\n{}\r\n", 512, "y".repeat(512));
     for _ in 0..4 {
