@@ -87,7 +87,8 @@ pub struct Verifier {
     audiences: Vec<String>,
     keys: RwLock<HashMap<String, DecodingKey>>,
     fetcher: JwksFetcher,
-    last_fetch: Mutex<Option<Instant>>,
+    /// When the last fetch ended, and whether it succeeded.
+    last_fetch: Mutex<Option<(Instant, bool)>>,
     min_refetch: Duration,
 }
 
@@ -152,8 +153,9 @@ impl Verifier {
 
     /// Replaces the cached keys with the fetched set; on failure keeps the cached keys.
     pub async fn refresh(&self) -> Result<usize, String> {
-        *self.last_fetch.lock().expect("fetch lock") = Some(Instant::now());
-        let set = (self.fetcher)().await?;
+        let fetched = (self.fetcher)().await;
+        *self.last_fetch.lock().expect("fetch lock") = Some((Instant::now(), fetched.is_ok()));
+        let set = fetched?;
         let mut fresh = HashMap::new();
         for jwk in &set.keys {
             let Some(kid) = jwk.common.key_id.clone() else {
@@ -175,19 +177,29 @@ impl Verifier {
         Ok(count)
     }
 
-    /// Refreshes every `every` for as long as the verifier lives.
+    /// Refreshes every `every` for as long as the verifier lives; after a failure (the identity
+    /// service not started yet, or down) it retries sooner, backing off up to `every`.
     pub fn spawn_refresh(self: &Arc<Self>, every: Duration) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut retry = Duration::from_millis(250);
             loop {
                 let Some(verifier) = weak.upgrade() else {
                     return;
                 };
-                if let Err(error) = verifier.refresh().await {
-                    tracing::warn!(%error, "jwks refresh failed; keeping cached keys");
-                }
+                let pause = match verifier.refresh().await {
+                    Ok(_) => {
+                        retry = Duration::from_millis(250);
+                        every
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "jwks refresh failed; keeping cached keys");
+                        retry = (retry * 2).min(every);
+                        retry
+                    }
+                };
                 drop(verifier);
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(pause).await;
             }
         });
     }
@@ -201,11 +213,14 @@ impl Verifier {
         if let Some(key) = self.keys.read().expect("keys lock").get(kid) {
             return Some(key.clone());
         }
+        // Unknown kids are rate-limited after a successful fetch, so garbage tokens cannot turn
+        // into a fetch each. A failed last fetch (identity not reachable yet) taught us nothing,
+        // so it does not hold the next one back; such fetches fail fast.
         let may_refetch = self
             .last_fetch
             .lock()
             .expect("fetch lock")
-            .is_none_or(|at| at.elapsed() >= self.min_refetch);
+            .is_none_or(|(at, ok)| !ok || at.elapsed() >= self.min_refetch);
         if may_refetch {
             if let Err(error) = self.refresh().await {
                 tracing::warn!(%error, "jwks refetch for an unknown key failed");

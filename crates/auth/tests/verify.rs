@@ -219,3 +219,18 @@ async fn cached_keys_survive_identity_being_down() {
         .await
         .expect("still verifies with cached keys");
 }
+
+#[tokio::test]
+async fn a_failed_fetch_does_not_hold_back_the_next_one() {
+    let key = Key::new("k1");
+    let source = Source::default();
+    source.serve(&[&key]);
+    source.down.store(true, Ordering::SeqCst);
+    let verifier = source.verifier();
+    assert!(verifier.refresh().await.is_err(), "identity not up yet");
+    source.down.store(false, Ordering::SeqCst);
+    verifier
+        .verify(&key.sign(&claims()))
+        .await
+        .expect("the first token after identity comes up verifies at once");
+}
