@@ -8,6 +8,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use bazaar_auth::RequireAdmin;
+use bazaar_kit::audit::AuditEvent;
 use bazaar_kit::etag;
 use bazaar_kit::extract::{Json, Path, Query};
 use bazaar_kit::problem::Problem;
@@ -156,10 +158,12 @@ async fn list_categories(State(state): State<AppState>, headers: HeaderMap) -> A
     ))]
 async fn create_product(
     State(state): State<AppState>,
+    RequireAdmin(admin): RequireAdmin,
     Json(mut input): Json<ProductInput>,
 ) -> ApiResult<Response> {
     input.validate()?;
     let product = state.repository.create_product(&input).await?;
+    audit_write(&state, &admin.sub, "product.created", &product.id).await?;
     tracing::info!(product = %product.id, sku = %product.sku, "product created");
     let location = HeaderValue::from_str(&format!("/api/v1/products/{}", product.id))
         .map_err(ApiError::internal)?;
@@ -182,6 +186,7 @@ async fn create_product(
     ))]
 async fn replace_product(
     State(state): State<AppState>,
+    RequireAdmin(admin): RequireAdmin,
     headers: HeaderMap,
     Path(id): Path<String>,
     Json(mut input): Json<ProductInput>,
@@ -198,6 +203,7 @@ async fn replace_product(
         .repository
         .replace_product(&id, &input, expected)
         .await?;
+    audit_write(&state, &admin.sub, "product.replaced", &product.id).await?;
     tracing::info!(product = %product.id, version = product.version, "product replaced");
     Ok(product_response(StatusCode::OK, &product.to_api()))
 }
@@ -213,11 +219,13 @@ async fn replace_product(
     ))]
 async fn delete_product(
     State(state): State<AppState>,
+    RequireAdmin(admin): RequireAdmin,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let expected = expected_version(&state, &headers, &id).await?;
     state.repository.delete_product(&id, expected).await?;
+    audit_write(&state, &admin.sub, "product.deleted", &id).await?;
     tracing::info!(product = %id, "product deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -288,4 +296,14 @@ fn product_response(status: StatusCode, product: &Product) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Records an admin write in the audit log. The write has committed by now; a failure to audit
+/// is reported as an error so it is never silently lost.
+async fn audit_write(state: &AppState, admin: &str, action: &str, product: &str) -> ApiResult<()> {
+    state
+        .audit
+        .append(AuditEvent::new(admin, action).target(product))
+        .await?;
+    Ok(())
 }

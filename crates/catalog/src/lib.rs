@@ -16,6 +16,14 @@ pub mod model;
 pub mod repository;
 pub mod seed;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use bazaar_auth::Verifier;
+use bazaar_discovery::{Discovery, RegistryClient};
+use bazaar_kit::audit::AuditLog;
+use bazaar_kit::client::ServiceClient;
 use bazaar_kit::config::CommonConfig;
 use bazaar_kit::server::Service;
 use bazaar_kit::storage::Database;
@@ -40,6 +48,8 @@ pub struct Config {
     pub seed: bool,
     /// Largest `per_page` a listing accepts; more is a 400 naming `per_page`.
     pub max_per_page: u32,
+    /// Issuer of the access tokens writes must carry (the gateway's public URL).
+    pub issuer: String,
 }
 
 impl Default for Config {
@@ -47,24 +57,43 @@ impl Default for Config {
         Self {
             seed: true,
             max_per_page: 100,
+            issuer: "http://127.0.0.1:8080".to_owned(),
         }
     }
 }
 
 /// What the handlers share.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     pub repository: Repository,
     pub max_per_page: u32,
+    /// Verifies the admin tokens writes need: the catalog checks them itself, even behind the
+    /// gateway, which checks them too.
+    pub verifier: Arc<Verifier>,
+    /// Admin writes are security-relevant: each one is audited.
+    pub audit: AuditLog,
 }
 
 impl AppState {
-    pub fn new(repository: Repository, config: &Config) -> Self {
-        Self {
+    pub async fn new(
+        repository: Repository,
+        config: &Config,
+        verifier: Arc<Verifier>,
+    ) -> anyhow::Result<Self> {
+        let audit = AuditLog::open(repository.database(), NAME).await?;
+        Ok(Self {
             repository,
             // A cap of 0 would refuse every listing: treat it as 1.
             max_per_page: config.max_per_page.max(1),
-        }
+            verifier,
+            audit,
+        })
+    }
+}
+
+impl FromRef<AppState> for Arc<Verifier> {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
     }
 }
 
@@ -84,11 +113,28 @@ pub async fn open(url: &str, config: &Config) -> anyhow::Result<Repository> {
     Ok(repository)
 }
 
-/// Builds the catalog service.
+/// Builds the catalog service, verifying tokens with the identity service's published keys.
 pub async fn build(common: CommonConfig, config: Config) -> anyhow::Result<Service> {
+    let discovery = Discovery::start(RegistryClient::new(&common.registry_url));
+    let verifier = Verifier::new(
+        &config.issuer,
+        &["bazaar", NAME],
+        Verifier::service_fetcher(ServiceClient::new(discovery)),
+    );
+    verifier.spawn_refresh(Duration::from_secs(60));
+    service(common, config, verifier).await
+}
+
+/// Builds the catalog service with a given token verifier (tests pass one trusting a test
+/// issuer).
+pub async fn service(
+    common: CommonConfig,
+    config: Config,
+    verifier: Arc<Verifier>,
+) -> anyhow::Result<Service> {
     let repository = open(&common.database_url(), &config).await?;
     let db = repository.database().clone();
-    let router = router(AppState::new(repository, &config));
+    let router = router(AppState::new(repository, &config, verifier).await?);
     Ok(Service::new(common, router)
         .with_openapi(openapi())
         .ready_when("database", move || {

@@ -27,6 +27,9 @@ use tower::ServiceExt;
 struct TestApp {
     app: Router,
     _dir: tempfile::TempDir,
+    issuer: bazaar_auth::testing::TestIssuer,
+    /// The token writes carry (an admin's, unless a test changes it).
+    token: Option<String>,
 }
 
 async fn spawn_app() -> TestApp {
@@ -34,12 +37,20 @@ async fn spawn_app() -> TestApp {
     let mut common = CommonConfig::defaults(bazaar_catalog::NAME, 0);
     common.data_dir = dir.path().to_owned();
     common.registry_url = String::new();
-    let service = bazaar_catalog::build(common, Config::default())
-        .await
-        .expect("service builds");
+    let issuer = bazaar_auth::testing::TestIssuer::new();
+    let service = bazaar_catalog::service(
+        common,
+        Config::default(),
+        issuer.verifier(&["bazaar", "catalog"]),
+    )
+    .await
+    .expect("service builds");
+    let token = Some(issuer.admin("admin-1"));
     TestApp {
         app: service.app(),
         _dir: dir,
+        issuer,
+        token,
     }
 }
 
@@ -111,6 +122,9 @@ impl TestApp {
             .method(method)
             .uri(uri)
             .header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         if let Some(tag) = if_match {
             request = request.header(header::IF_MATCH, tag);
         }
@@ -119,6 +133,9 @@ impl TestApp {
 
     async fn delete(&self, uri: &str, if_match: Option<&str>) -> Answer {
         let mut request = Request::delete(uri);
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         if let Some(tag) = if_match {
             request = request.header(header::IF_MATCH, tag);
         }
@@ -877,6 +894,10 @@ async fn api_malformed_bodies_and_unknown_routes() {
         .send(
             Request::post("/api/v1/products")
                 .header(header::CONTENT_TYPE, "text/plain")
+                .header(
+                    header::AUTHORIZATION,
+                    format!("Bearer {}", app.token.as_deref().unwrap_or_default()),
+                )
                 .body(Body::from("hello"))
                 .unwrap(),
         )
@@ -936,32 +957,94 @@ fn config_defaults() {
         parsed,
         Config {
             seed: true,
-            max_per_page: 5
+            max_per_page: 5,
+            issuer: "http://127.0.0.1:8080".into(),
         }
+    );
+}
+
+#[tokio::test]
+async fn api_writes_need_an_admin_token_and_are_audited() {
+    let mut app = spawn_app().await;
+    app.token = None;
+    let anonymous = app
+        .write(Method::POST, "/api/v1/products", &new_product(), None)
+        .await;
+    assert_problem(
+        &anonymous,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        None,
+    );
+    assert!(anonymous.headers.contains_key(header::WWW_AUTHENTICATE));
+
+    app.token = Some(app.issuer.customer("user-7"));
+    let customer = app
+        .write(Method::POST, "/api/v1/products", &new_product(), None)
+        .await;
+    assert_problem(&customer, StatusCode::FORBIDDEN, "forbidden", None);
+    let delete = app
+        .delete("/api/v1/products/kitchen-espresso-cup-set", None)
+        .await;
+    assert_problem(&delete, StatusCode::FORBIDDEN, "forbidden", None);
+
+    app.token = Some(bazaar_auth::testing::TestIssuer::new().admin("impostor"));
+    let foreign = app
+        .write(Method::POST, "/api/v1/products", &new_product(), None)
+        .await;
+    assert_problem(&foreign, StatusCode::UNAUTHORIZED, "invalid_token", None);
+
+    app.token = Some(app.issuer.admin("admin-9"));
+    let created = app
+        .write(Method::POST, "/api/v1/products", &new_product(), None)
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let deleted = app.delete(&format!("/api/v1/products/{id}"), None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+
+    // Nothing was written for the refused attempts; both admin writes are in the audit log.
+    let dir = app._dir.path().join("catalog.db");
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .connect(&format!("sqlite://{}", dir.display()))
+        .await
+        .unwrap();
+    let records = bazaar_kit::audit::read_records(&pool, 0, 100)
+        .await
+        .unwrap();
+    bazaar_kit::audit::verify_chain(&records).unwrap();
+    let actions: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r.actor.as_str(), r.action.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("admin-9", "product.created"),
+            ("admin-9", "product.deleted")
+        ]
     );
 }
 
 #[tokio::test]
 async fn api_per_page_cap_follows_config() {
     let dir = tempfile::tempdir().unwrap();
-    let repository = bazaar_catalog::open(
-        &sqlite_url(dir.path(), "catalog"),
-        &Config {
-            seed: true,
-            max_per_page: 10,
-        },
-    )
-    .await
-    .unwrap();
+    let config = Config {
+        max_per_page: 10,
+        ..Config::default()
+    };
+    let repository = bazaar_catalog::open(&sqlite_url(dir.path(), "catalog"), &config)
+        .await
+        .unwrap();
+    let issuer = bazaar_auth::testing::TestIssuer::new();
+    let state = bazaar_catalog::AppState::new(repository, &config, issuer.verifier(&["bazaar"]))
+        .await
+        .unwrap();
     let app = TestApp {
-        app: bazaar_catalog::router(bazaar_catalog::AppState::new(
-            repository,
-            &Config {
-                seed: true,
-                max_per_page: 10,
-            },
-        )),
+        app: bazaar_catalog::router(state),
         _dir: dir,
+        issuer,
+        token: None,
     };
     assert_eq!(
         app.get("/api/v1/products?per_page=10").await.status,
@@ -1008,7 +1091,7 @@ async fn open(url: &str, seed: bool) -> Repository {
         url,
         &Config {
             seed,
-            max_per_page: 100,
+            ..Config::default()
         },
     )
     .await
