@@ -2,6 +2,7 @@
 
 BAZAAR_BIN names the binary; BAZAAR_URL, if set, points at an already running system instead.
 """
+import html
 import os
 import re
 import socket
@@ -101,10 +102,11 @@ def login_through_form(browser, base, authorize_url, email, password):
         if "/login" in location:
             form = browser.get(location, timeout=5)
             assert form.status_code == 200, form.text[:300]
-            fields = dict(re.findall(r'name="([^"]+)"[^>]*value="([^"]*)"', form.text))
+            fields = {name: html.unescape(value) for name, value in
+                      re.findall(r'name="([^"]+)"[^>]*value="([^"]*)"', form.text)}
             fields.update({"email": email, "password": password})
             action = re.search(r'<form[^>]*action="([^"]+)"', form.text)
-            target = action.group(1).replace("&amp;", "&") if action else "/login"
+            target = html.unescape(action.group(1)) if action else "/login"
             response = browser.post(base + target if target.startswith("/") else target,
                                     data=fields, allow_redirects=False, timeout=5)
         else:

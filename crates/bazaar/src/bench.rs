@@ -52,7 +52,10 @@ pub async fn bench(global: Global, args: BenchArgs) -> anyhow::Result<()> {
         (catalog.address, global.gateway.clone())
     } else {
         let ports = free_ports(3)?;
-        let registry_url = format!("http://127.0.0.1:{}", ports[0]);
+        let system = supervisor::System {
+            registry_url: format!("http://127.0.0.1:{}", ports[0]),
+            issuer: format!("http://127.0.0.1:{}", ports[2]),
+        };
         for (service, port) in [
             (bazaar_registry::NAME, ports[0]),
             (bazaar_catalog::NAME, ports[1]),
@@ -65,7 +68,7 @@ pub async fn bench(global: Global, args: BenchArgs) -> anyhow::Result<()> {
                 data_dir: _data.join(service),
             };
             let log = _data.join(format!("{service}.log"));
-            let mut child = supervisor::spawn(&planned, &registry_url, None, Some(&log))?;
+            let mut child = supervisor::spawn(&planned, &system, None, Some(&log))?;
             supervisor::wait_ready(port, &mut child, Duration::from_secs(60)).await?;
             children.push(child);
         }

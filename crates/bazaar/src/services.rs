@@ -58,6 +58,30 @@ pub const SERVICES: &[ServiceSpec] = &[
         },
     },
     ServiceSpec {
+        name: bazaar_identity::NAME,
+        replicable: true,
+        build: |s| {
+            boxed(
+                bazaar_identity::NAME,
+                bazaar_identity::DEFAULT_PORT,
+                s,
+                bazaar_identity::build,
+            )
+        },
+    },
+    ServiceSpec {
+        name: bazaar_developer::NAME,
+        replicable: true,
+        build: |s| {
+            boxed(
+                bazaar_developer::NAME,
+                bazaar_developer::DEFAULT_PORT,
+                s,
+                bazaar_developer::build,
+            )
+        },
+    },
+    ServiceSpec {
         name: bazaar_gateway::NAME,
         replicable: false,
         build: |s| {

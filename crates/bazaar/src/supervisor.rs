@@ -75,6 +75,14 @@ pub fn plan(args: &UpArgs) -> anyhow::Result<Vec<Planned>> {
     Ok(planned)
 }
 
+/// What every process of one system shares.
+#[derive(Debug, Clone)]
+pub struct System {
+    pub registry_url: String,
+    /// The gateway's public URL: the identity provider's issuer.
+    pub issuer: String,
+}
+
 /// Fails, naming the port and its service, if any planned port is taken.
 fn check_ports(planned: &[Planned]) -> anyhow::Result<()> {
     for p in planned {
@@ -93,7 +101,7 @@ fn check_ports(planned: &[Planned]) -> anyhow::Result<()> {
 /// `log_file`). The child is killed if this process dies, so no orphan outlives `up`.
 pub fn spawn(
     planned: &Planned,
-    registry_url: &str,
+    system: &System,
     config: Option<&Path>,
     log_file: Option<&Path>,
 ) -> anyhow::Result<Child> {
@@ -106,7 +114,9 @@ pub fn spawn(
         .arg(planned.port.to_string())
         .arg("--data-dir")
         .arg(&planned.data_dir)
-        .env("BAZAAR_REGISTRY_URL", registry_url)
+        .env("BAZAAR_REGISTRY_URL", &system.registry_url)
+        // Tokens are issued for, and checked against, the gateway's public URL.
+        .env("BAZAAR_ISSUER", &system.issuer)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -230,7 +240,10 @@ pub async fn up(global: Global, args: UpArgs) -> anyhow::Result<()> {
         .find(|p| p.service == bazaar_registry::NAME)
         .map(|p| p.port)
         .context("the registry is always planned")?;
-    let registry_url = format!("http://127.0.0.1:{registry_port}");
+    let system = System {
+        registry_url: format!("http://127.0.0.1:{registry_port}"),
+        issuer: format!("http://127.0.0.1:{}", args.port),
+    };
     let shutting_down = Arc::new(AtomicBool::new(false));
     println!(
         "starting {} processes, data in {}",
@@ -245,12 +258,7 @@ pub async fn up(global: Global, args: UpArgs) -> anyhow::Result<()> {
             let log_file = args
                 .log_files
                 .then(|| logs_dir.join(format!("{}.log", p.label)));
-            let mut child = spawn(
-                p,
-                &registry_url,
-                global.config.as_deref(),
-                log_file.as_deref(),
-            )?;
+            let mut child = spawn(p, &system, global.config.as_deref(), log_file.as_deref())?;
             // Services need the registry; the gateway is ready only once it has a view of it.
             wait_ready(p.port, &mut child, Duration::from_secs(60))
                 .await
@@ -260,7 +268,7 @@ pub async fn up(global: Global, args: UpArgs) -> anyhow::Result<()> {
             let task = tokio::spawn(keep_running(
                 p.clone(),
                 child,
-                registry_url.clone(),
+                system.clone(),
                 global.config.clone(),
                 log_file,
                 pid.clone(),
@@ -304,7 +312,7 @@ async fn stop_all(supervised: &mut Vec<Supervised>, shutting_down: &AtomicBool) 
 async fn keep_running(
     planned: Planned,
     mut child: Child,
-    registry_url: String,
+    system: System,
     config: Option<PathBuf>,
     log_file: Option<PathBuf>,
     pid: Arc<AtomicU32>,
@@ -342,12 +350,7 @@ async fn keep_running(
             _ = stop.wait_for(|s| *s) => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
-        match spawn(
-            &planned,
-            &registry_url,
-            config.as_deref(),
-            log_file.as_deref(),
-        ) {
+        match spawn(&planned, &system, config.as_deref(), log_file.as_deref()) {
             Ok(new_child) => {
                 pid.store(new_child.id().unwrap_or_default(), Ordering::Relaxed);
                 println!(
@@ -406,6 +409,19 @@ fn print_ready(supervised: &[Supervised], args: &UpArgs, took: Duration) {
         }
     }
     println!("  {:<16}bazaar status", "status");
+    if supervised
+        .iter()
+        .any(|s| s.planned.service == bazaar_identity::NAME)
+    {
+        println!();
+        println!("  demo accounts (development defaults):");
+        for (who, (email, password)) in [
+            ("customer", bazaar_identity::DEMO_CUSTOMER),
+            ("admin", bazaar_identity::DEMO_ADMIN),
+        ] {
+            println!("    {who:<10}{email:<24}{password}");
+        }
+    }
     println!();
     println!("press Ctrl-C to stop");
 }

@@ -1,113 +1,12 @@
 //! The whole system as separate OS processes, the way a person runs it: services started with
 //! `bazaar serve`, `bazaar up` supervising them, the CLI talking to them, and real `kill -9`s.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bazaar");
-
-/// A child process killed when dropped, so a failing test leaves nothing behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn pid(&self) -> i32 {
-        self.0.id() as i32
-    }
-    fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// A run of `count` consecutive free ports.
-fn free_port_range(count: u16) -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + fastrand_port() % 30_000;
-        let all_free =
-            (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no free port range");
-}
-
-fn fastrand_port() -> u16 {
-    (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos()
-        % 30_000) as u16
-}
-
-fn serve(service: &str, port: u16, data_dir: &std::path::Path, registry: u16) -> Proc {
-    let child = Command::new(BIN)
-        .args(["serve", service, "--port", &port.to_string(), "--data-dir"])
-        .arg(data_dir.join(service))
-        .env(
-            "BAZAAR_REGISTRY_URL",
-            format!("http://127.0.0.1:{registry}"),
-        )
-        .env("BAZAAR_HEARTBEAT_INTERVAL_MS", "200")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn bazaar serve");
-    Proc(child)
-}
-
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client")
-}
-
-fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn ready(port: u16) -> bool {
-    http()
-        .get(format!("http://127.0.0.1:{port}/readyz"))
-        .send()
-        .map(|r| r.status().is_success())
-        .unwrap_or(false)
-}
-
-fn routable_catalogs(registry: u16) -> usize {
-    http()
-        .get(format!(
-            "http://127.0.0.1:{registry}/api/v1/services/catalog"
-        ))
-        .send()
-        .and_then(|r| r.json::<Vec<serde_json::Value>>())
-        .map(|list| list.iter().filter(|i| i["status"] == "up").count())
-        .unwrap_or(0)
-}
+use support::*;
 
 #[test]
 fn gateway_survives_losing_catalog_instances_and_recovers() {
@@ -183,78 +82,11 @@ fn gateway_survives_losing_catalog_instances_and_recovers() {
     );
 }
 
-/// Runs `bazaar up`, returning the process and a channel of its output lines.
-fn up(data_dir: &std::path::Path, gateway: u16, base: u16) -> (Proc, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args([
-            "up",
-            "--port",
-            &gateway.to_string(),
-            "--base-port",
-            &base.to_string(),
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn bazaar up");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (Proc(child), rx)
-}
-
-fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, timeout: Duration) -> Vec<String> {
-    let deadline = Instant::now() + timeout;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let found = line.contains(needle);
-                seen.push(line);
-                if found {
-                    return seen;
-                }
-            }
-            Err(_) => panic!(
-                "no line containing {needle:?}; output so far:\n{}",
-                seen.join("\n")
-            ),
-        }
-    }
-}
-
-fn cli(args: &[&str]) -> (bool, String) {
-    let output = Command::new(BIN).args(args).output().expect("run bazaar");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
-}
-
-fn pid_alive(pid: i32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
 #[test]
 fn up_supervises_restarts_persists_and_stops_cleanly() {
     let data = tempfile::tempdir().expect("tempdir");
     let gateway = free_port();
-    let base = free_port_range(4);
+    let base = free_port_range(6);
     let registry = format!("http://127.0.0.1:{base}");
     let gateway_url = format!("http://127.0.0.1:{gateway}");
 
@@ -289,13 +121,16 @@ fn up_supervises_restarts_persists_and_stops_cleanly() {
         .iter()
         .filter_map(|i| i["service"].as_str())
         .collect();
-    for s in ["registry", "catalog", "gateway"] {
+    for s in ["registry", "identity", "catalog", "developer", "gateway"] {
         assert!(services.contains(&s), "{services:?}");
     }
 
-    // A write survives a restart of the whole system.
+    // A write, by an administrator signed in through the identity provider, survives a restart
+    // of the whole system.
+    let admin = user_token(&gateway_url, DEMO_ADMIN.0, DEMO_ADMIN.1);
     let created = http()
         .post(format!("{gateway_url}/api/v1/products"))
+        .bearer_auth(&admin)
         .json(&serde_json::json!({
             "sku": "TST-0001", "name": "Persistence Test Mug", "description": "A mug that outlives restarts.",
             "category": "kitchen", "price": {"amount_minor": 1234, "currency": "USD"},
@@ -303,11 +138,10 @@ fn up_supervises_restarts_persists_and_stops_cleanly() {
         }))
         .send()
         .expect("create");
-    assert_eq!(created.status(), 201);
-    let id = created.json::<serde_json::Value>().expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let status = created.status();
+    let created: serde_json::Value = created.json().expect("json");
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
 
     // kill -9 the catalog: `up` restarts it and the gateway serves again.
     let catalog_pid = instances
