@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
@@ -30,12 +30,176 @@ pub struct LoadReport {
 }
 
 pub async fn bench(global: Global, args: BenchArgs) -> anyhow::Result<()> {
-    let BenchCommand::Gateway {
-        connections,
-        seconds,
-        path,
-        external,
-    } = args.command;
+    match args.command {
+        BenchCommand::Gateway {
+            connections,
+            seconds,
+            path,
+            external,
+        } => gateway_bench(global, connections, seconds, path, external).await,
+        BenchCommand::Auth {
+            connections,
+            seconds,
+        } => auth_bench(global, connections, seconds).await,
+    }
+}
+
+/// Starts `services` (registry first) as `bazaar serve` children on free ports in `data`;
+/// returns the children and their base URLs, in the same order.
+async fn start_system(
+    data: &std::path::Path,
+    services: &[&'static str],
+) -> anyhow::Result<(Vec<tokio::process::Child>, Vec<String>)> {
+    let ports = free_ports(services.len())?;
+    let gateway_port = services
+        .iter()
+        .position(|s| *s == bazaar_gateway::NAME)
+        .map_or(ports[0], |i| ports[i]);
+    let system = supervisor::System {
+        registry_url: format!("http://127.0.0.1:{}", ports[0]),
+        issuer: format!("http://127.0.0.1:{gateway_port}"),
+    };
+    let mut children = Vec::new();
+    for (service, port) in services.iter().zip(&ports) {
+        let planned = Planned {
+            label: (*service).to_owned(),
+            service,
+            port: *port,
+            data_dir: data.join(service),
+        };
+        let log = data.join(format!("{service}.log"));
+        let mut child = supervisor::spawn(&planned, &system, None, Some(&log))?;
+        supervisor::wait_ready(*port, &mut child, Duration::from_secs(60)).await?;
+        children.push(child);
+    }
+    let urls = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    Ok((children, urls))
+}
+
+async fn auth_bench(global: Global, connections: usize, seconds: u64) -> anyhow::Result<()> {
+    use base64::Engine;
+    let data = tempfile_dir()?;
+    let (mut children, urls) = start_system(
+        &data,
+        &[
+            bazaar_registry::NAME,
+            bazaar_catalog::NAME,
+            bazaar_identity::NAME,
+            bazaar_gateway::NAME,
+        ],
+    )
+    .await?;
+    let (identity, gateway) = (urls[2].clone(), urls[3].clone());
+    let (client_id, secret) = ("demo-partner", "demo-partner-secret");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}"))
+    );
+    let grant = Probe {
+        method: hyper::Method::POST,
+        path: "/oauth2/token".into(),
+        headers: vec![
+            ("authorization".into(), basic),
+            (
+                "content-type".into(),
+                "application/x-www-form-urlencoded".into(),
+            ),
+        ],
+        body: Bytes::from_static(b"grant_type=client_credentials&scope=partner"),
+    };
+    let token: serde_json::Value = reqwest::Client::new()
+        .post(format!("{gateway}/oauth2/token"))
+        .basic_auth(client_id, Some(secret))
+        .form(&[("grant_type", "client_credentials"), ("scope", "partner")])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = token["access_token"]
+        .as_str()
+        .context("no access token from the token endpoint")?
+        .to_owned();
+    let product = "kitchen-espresso-cup-set";
+    let anonymous = Probe::get(&format!("/api/v1/products/{product}"));
+    let with_jwt = Probe::get(&format!("/api/v1/partner/products/{product}"))
+        .header("authorization", &format!("Bearer {token}"));
+
+    let duration = Duration::from_secs(seconds.max(1));
+    eprintln!("warming up...");
+    for (base, probe) in [(&identity, &grant), (&gateway, &with_jwt)] {
+        load_probe(base, probe, connections, Duration::from_secs(1)).await?;
+    }
+    eprintln!(
+        "measuring {}s each with {connections} connections",
+        duration.as_secs()
+    );
+    let mut reports = Vec::new();
+    for (label, base, probe) in [
+        (
+            "client-credentials grant (identity direct)",
+            &identity,
+            &grant,
+        ),
+        (
+            "client-credentials grant (through gateway)",
+            &gateway,
+            &grant,
+        ),
+        ("GET product, anonymous (gateway)", &gateway, &anonymous),
+        (
+            "GET product, partner JWT verified (gateway)",
+            &gateway,
+            &with_jwt,
+        ),
+    ] {
+        let mut report = load_probe(base, probe, connections, duration).await?;
+        report.target = label.to_owned();
+        reports.push(report);
+    }
+    for child in &mut children {
+        supervisor::stop(child, Duration::from_secs(5)).await;
+    }
+    let _ = std::fs::remove_dir_all(&data);
+    print_reports(&global, &reports)
+}
+
+fn print_reports(global: &Global, reports: &[LoadReport]) -> anyhow::Result<()> {
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(reports)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|r| {
+            vec![
+                r.target.clone(),
+                format!("{:.0}", r.requests_per_second),
+                format!("{:.2}", r.p50_ms),
+                format!("{:.2}", r.p99_ms),
+                r.errors.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &["MEASUREMENT", "PER SECOND", "P50 MS", "P99 MS", "ERRORS"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+async fn gateway_bench(
+    global: Global,
+    connections: usize,
+    seconds: u64,
+    path: String,
+    external: bool,
+) -> anyhow::Result<()> {
     let mut children = Vec::new();
     let _data = tempfile_dir()?;
     let (direct_base, gateway_base) = if external {
@@ -51,31 +215,17 @@ pub async fn bench(global: Global, args: BenchArgs) -> anyhow::Result<()> {
             .context("no catalog instance is registered")?;
         (catalog.address, global.gateway.clone())
     } else {
-        let ports = free_ports(3)?;
-        let system = supervisor::System {
-            registry_url: format!("http://127.0.0.1:{}", ports[0]),
-            issuer: format!("http://127.0.0.1:{}", ports[2]),
-        };
-        for (service, port) in [
-            (bazaar_registry::NAME, ports[0]),
-            (bazaar_catalog::NAME, ports[1]),
-            (bazaar_gateway::NAME, ports[2]),
-        ] {
-            let planned = Planned {
-                label: service.to_owned(),
-                service,
-                port,
-                data_dir: _data.join(service),
-            };
-            let log = _data.join(format!("{service}.log"));
-            let mut child = supervisor::spawn(&planned, &system, None, Some(&log))?;
-            supervisor::wait_ready(port, &mut child, Duration::from_secs(60)).await?;
-            children.push(child);
-        }
-        (
-            format!("http://127.0.0.1:{}", ports[1]),
-            format!("http://127.0.0.1:{}", ports[2]),
+        let (started, urls) = start_system(
+            &_data,
+            &[
+                bazaar_registry::NAME,
+                bazaar_catalog::NAME,
+                bazaar_gateway::NAME,
+            ],
         )
+        .await?;
+        children = started;
+        (urls[1].clone(), urls[2].clone())
     };
 
     let duration = Duration::from_secs(seconds.max(1));
@@ -154,11 +304,47 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .collect()
 }
 
+/// One request to repeat.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub method: hyper::Method,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Probe {
+    pub fn get(path: &str) -> Self {
+        Self {
+            method: hyper::Method::GET,
+            path: path.to_owned(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
 /// Runs `connections` keep-alive HTTP/1.1 connections, each sending GET `path` back to back
 /// for `duration`.
 pub async fn load(
     base: &str,
     path: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<LoadReport> {
+    load_probe(base, &Probe::get(path), connections, duration).await
+}
+
+/// Runs `connections` keep-alive HTTP/1.1 connections, each sending `probe` back to back for
+/// `duration`; a non-2xx answer counts as an error.
+pub async fn load_probe(
+    base: &str,
+    probe: &Probe,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<LoadReport> {
@@ -171,7 +357,7 @@ pub async fn load(
     let mut tasks = Vec::new();
     for _ in 0..connections.max(1) {
         let authority = authority.clone();
-        let path = path.to_owned();
+        let probe = probe.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::new();
             let mut errors = 0u64;
@@ -190,10 +376,16 @@ pub async fn load(
                 };
                 tokio::spawn(connection);
                 while Instant::now() < deadline {
-                    let request = hyper::Request::get(&path)
-                        .header(hyper::header::HOST, &authority)
-                        .body(Empty::<Bytes>::new())
-                        .expect("static request is valid");
+                    let mut request = hyper::Request::builder()
+                        .method(probe.method.clone())
+                        .uri(&probe.path)
+                        .header(hyper::header::HOST, &authority);
+                    for (name, value) in &probe.headers {
+                        request = request.header(name, value);
+                    }
+                    let request = request
+                        .body(Full::new(probe.body.clone()))
+                        .expect("a probe is a valid request");
                     let sent = Instant::now();
                     match sender.send_request(request).await {
                         Ok(response) => {

@@ -183,4 +183,14 @@ pub enum BenchCommand {
         #[arg(long)]
         external: bool,
     },
+    /// Client-credentials grants per second, and gateway requests per second with a verified
+    /// JWT against the same request anonymous.
+    Auth {
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }

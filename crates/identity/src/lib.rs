@@ -26,6 +26,7 @@ mod login;
 pub mod model;
 mod oauth;
 pub mod repository;
+mod secret_cache;
 pub mod throttle;
 pub mod tokens;
 
@@ -229,6 +230,8 @@ pub struct AppState {
     /// A hash verified against when the account does not exist, so a login for an unknown
     /// email takes as long as one for a known email (no account enumeration by timing).
     dummy_hash: Arc<String>,
+    /// Client secrets that recently passed argon2id, so grants are not bound by its cost.
+    secrets: Arc<secret_cache::SecretCache>,
 }
 
 impl AppState {
@@ -249,12 +252,17 @@ impl AppState {
             dummy_hash: Arc::new(crypto::hash_password_blocking(
                 "no such account, only a timing decoy",
             )?),
+            secrets: Arc::default(),
         })
     }
 
     /// The issuer, without a trailing slash.
     pub fn issuer(&self) -> &str {
         self.signer.issuer()
+    }
+
+    pub(crate) fn secrets(&self) -> &secret_cache::SecretCache {
+        &self.secrets
     }
 
     pub(crate) fn trusted(&self) -> &[ipnet::IpNet] {

@@ -518,7 +518,16 @@ async fn authenticate_client(
     match (client, secret) {
         (Some(client), None) if client.is_public() => Ok(client),
         (Some(client), Some(secret)) if !client.is_public() => {
-            if crypto::verify_password(secret, client.secret_hash.clone()).await {
+            if state
+                .secrets()
+                .verified(&client.id, &client.secret_hash, &secret)
+            {
+                return Ok(client);
+            }
+            if crypto::verify_password(secret.clone(), client.secret_hash.clone()).await {
+                state
+                    .secrets()
+                    .remember(&client.id, &client.secret_hash, &secret);
                 Ok(client)
             } else {
                 Err(OAuthError::client("client authentication failed"))
