@@ -216,11 +216,38 @@ pub fn build_app(
         .fallback(problem::not_found_fallback)
         .method_not_allowed_fallback(problem::method_not_allowed_fallback)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(header_limit))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             metrics::middleware,
         ))
         .layer(axum::middleware::from_fn(crate::context::middleware))
+}
+
+/// Refuses requests whose headers add up to more than [`MAX_HEADER_BYTES`] with 431. hyper's
+/// read-buffer bound alone lets a head that arrives in one read through.
+async fn header_limit(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        return axum::response::IntoResponse::into_response(
+            problem::ApiError::new(
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "Request headers too large",
+            )
+            .detail(format!(
+                "request headers may add up to {MAX_HEADER_BYTES} bytes"
+            )),
+        );
+    }
+    next.run(request).await
 }
 
 /// Binds `host:port`, with an error naming the address (and saying when it is taken).

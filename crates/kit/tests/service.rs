@@ -311,3 +311,58 @@ async fn binding_a_taken_port_names_it() {
     assert!(error.to_string().contains(&port.to_string()), "{error}");
     assert!(error.to_string().contains("already in use"), "{error}");
 }
+
+/// Sends raw bytes to a fresh server and returns the status line it answers with.
+async fn raw_status_line(request: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let service = service();
+    let listener = service.bind().await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(service.run(listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.write_all(&request).await.expect("write");
+    let mut answer = vec![0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    String::from_utf8_lossy(&answer[..read])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn header_limits_are_enforced_by_the_server() {
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nhost: x\r\n");
+    for i in 0..(bazaar_kit::server::MAX_HEADERS + 20) {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let status = raw_status_line(many.into_bytes()).await;
+    assert!(
+        status.starts_with("HTTP/1.1 431"),
+        "too many headers: {status}"
+    );
+
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(bazaar_kit::server::MAX_HEADER_BYTES + 1024)
+    );
+    let status = raw_status_line(huge.into_bytes()).await;
+    assert!(
+        status.starts_with("HTTP/1.1 431"),
+        "oversized head: {status}"
+    );
+
+    let fine = raw_status_line(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n".to_vec()).await;
+    assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
+}
