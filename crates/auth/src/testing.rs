@@ -66,6 +66,18 @@ impl TestIssuer {
             .expect("sign")
     }
 
+    /// A token with the given subject, client, audience, scope and roles.
+    pub fn token(
+        &self,
+        sub: &str,
+        client_id: &str,
+        aud: &str,
+        scope: &str,
+        roles: &[&str],
+    ) -> String {
+        self.sign(&Self::claims(sub, client_id, aud, scope, roles))
+    }
+
     fn claims(
         sub: &str,
         client_id: &str,

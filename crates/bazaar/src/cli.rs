@@ -37,6 +37,9 @@ pub struct Global {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Access token sent as `Authorization: Bearer` by client commands (admin writes need one).
+    #[arg(long, global = true, env = "BAZAAR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -49,6 +49,10 @@ pub async fn products(global: Global, args: ProductsArgs) -> anyhow::Result<()> 
             http.delete(format!("{base}/api/v1/products/{}", encode(id)))
         }
     };
+    let request = match &global.token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    };
     let response = request
         .send()
         .await

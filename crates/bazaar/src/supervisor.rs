@@ -81,6 +81,8 @@ pub struct System {
     pub registry_url: String,
     /// The gateway's public URL: the identity provider's issuer.
     pub issuer: String,
+    /// Further configuration for every process, as `BAZAAR_...` variables.
+    pub env: Vec<(String, String)>,
 }
 
 /// Fails, naming the port and its service, if any planned port is taken.
@@ -117,6 +119,7 @@ pub fn spawn(
         .env("BAZAAR_REGISTRY_URL", &system.registry_url)
         // Tokens are issued for, and checked against, the gateway's public URL.
         .env("BAZAAR_ISSUER", &system.issuer)
+        .envs(system.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -243,6 +246,7 @@ pub async fn up(global: Global, args: UpArgs) -> anyhow::Result<()> {
     let system = System {
         registry_url: format!("http://127.0.0.1:{registry_port}"),
         issuer: format!("http://127.0.0.1:{}", args.port),
+        env: Vec::new(),
     };
     let shutting_down = Arc::new(AtomicBool::new(false));
     println!(

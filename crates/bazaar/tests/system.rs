@@ -143,6 +143,40 @@ fn up_supervises_restarts_persists_and_stops_cleanly() {
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().expect("id").to_owned();
 
+    // The CLI's writes carry a token: refused without one, accepted with the admin's.
+    let update = data.path().join("mug.json");
+    std::fs::write(
+        &update,
+        serde_json::json!({
+            "sku": "TST-0001", "name": "Persistence Test Mug, renamed", "description": "Still here.",
+            "category": "kitchen", "price": {"amount_minor": 1300, "currency": "USD"},
+            "weight_grams": 300, "images": [], "attributes": {}
+        })
+        .to_string(),
+    )
+    .expect("write json");
+    let update_path = update.to_string_lossy().into_owned();
+    let (ok, out) = cli(&[
+        "products",
+        "update",
+        &id,
+        &update_path,
+        "--gateway",
+        &gateway_url,
+    ]);
+    assert!(!ok && out.contains("401"), "{out}");
+    let (ok, out) = cli(&[
+        "products",
+        "update",
+        &id,
+        &update_path,
+        "--gateway",
+        &gateway_url,
+        "--token",
+        &admin,
+    ]);
+    assert!(ok && out.contains("renamed"), "{out}");
+
     // kill -9 the catalog: `up` restarts it and the gateway serves again.
     let catalog_pid = instances
         .iter()

@@ -9,12 +9,10 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
-use base64::Engine;
 use bazaar_auth::Verifier;
 use bazaar_developer::model::{UsageCount, UsageReport, DAY_MS};
 use bazaar_developer::repository::{NewKey, UsageScope};
@@ -23,63 +21,31 @@ use bazaar_kit::audit::{verify_chain, AuditEvent};
 use bazaar_kit::config::CommonConfig;
 use bazaar_kit::server::Service;
 use bazaar_kit::storage::testing::{fresh_postgres_database, sqlite_url};
-use ed25519_dalek::pkcs8::EncodePrivateKey;
-use ed25519_dalek::SigningKey;
 use http_body_util::BodyExt;
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-const ISSUER: &str = "http://127.0.0.1:8080";
 /// 2025-01-30T12:00:00Z: late in a month, so "this month" and "last month" are both near.
 const START_MS: i64 = (20_118 * 86_400 + 12 * 3_600) * 1_000;
 
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-/// The identity service as far as tokens go: a signing key and the JWKS publishing it.
-struct Issuer {
-    signing: SigningKey,
-}
+/// The identity service as far as tokens go (the auth crate's test issuer), with the callers
+/// these tests need.
+struct Issuer(bazaar_auth::testing::TestIssuer);
 
 impl Issuer {
     fn new() -> Self {
-        Self {
-            signing: SigningKey::generate(&mut rand::rngs::OsRng),
-        }
+        Self(bazaar_auth::testing::TestIssuer::new())
     }
 
     fn verifier(&self) -> Arc<Verifier> {
-        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(self.signing.verifying_key().as_bytes());
-        let set = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "test",
-                                   "alg": "EdDSA", "use": "sig"}]});
-        Verifier::new(
-            ISSUER,
-            &["bazaar", "developer"],
-            Arc::new(move || {
-                let set = set.clone();
-                Box::pin(
-                    async move { serde_json::from_value::<JwkSet>(set).map_err(|e| e.to_string()) },
-                )
-            }),
-        )
+        self.0.verifier(&["bazaar", "developer"])
     }
 
     fn sign(&self, sub: &str, client_id: &str, roles: &[&str]) -> String {
-        // Real time, not the test clock: the verifier checks `exp` against the system clock.
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
-        let claims = json!({"iss": ISSUER, "sub": sub, "aud": "bazaar", "exp": now + 300,
-            "iat": now, "client_id": client_id, "scope": "openid", "roles": roles});
-        let der = self.signing.to_pkcs8_der().expect("pkcs8");
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some("test".into());
-        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(der.as_bytes()))
-            .expect("sign")
+        self.0.token(sub, client_id, "bazaar", "openid", roles)
     }
 
     fn user(&self, sub: &str) -> String {
