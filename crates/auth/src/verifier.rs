@@ -10,12 +10,19 @@ use axum::http::{header, HeaderValue, StatusCode};
 use bazaar_kit::ApiError;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use sha2::{Digest, Sha256};
 
 use crate::claims::Claims;
 
 type FetchFuture = Pin<Box<dyn Future<Output = Result<JwkSet, String>> + Send>>;
 /// Fetches the current JWKS (over HTTP from the identity service, or from a fixture in tests).
 pub type JwksFetcher = Arc<dyn Fn() -> FetchFuture + Send + Sync>;
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+const LEEWAY_SECS: u64 = 5;
+
+/// Most verified tokens remembered at once.
+const VERIFIED_CAPACITY: usize = 10_000;
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +93,10 @@ pub struct Verifier {
     issuer: String,
     audiences: Vec<String>,
     keys: RwLock<HashMap<String, DecodingKey>>,
+    /// Tokens that passed every check, by the SHA-256 of the token, until their `exp`: the same
+    /// bytes always verify the same way, so a client sending its token on every request pays
+    /// for the signature check once.
+    verified: Mutex<HashMap<[u8; 32], Claims>>,
     fetcher: JwksFetcher,
     /// When the last fetch ended, and whether it succeeded.
     last_fetch: Mutex<Option<(Instant, bool)>>,
@@ -99,6 +110,7 @@ impl Verifier {
             issuer: issuer.trim_end_matches('/').to_owned(),
             audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
             keys: RwLock::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
             fetcher,
             last_fetch: Mutex::new(None),
             min_refetch: Duration::from_secs(10),
@@ -231,6 +243,30 @@ impl Verifier {
 
     /// Validates a token: EdDSA only, a known key, signature, `exp`/`nbf`, `iss`, `aud`.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Some(claims) = self.verified.lock().expect("verified lock").get(&digest) {
+            // The same bound as the full check: valid until `exp` plus the leeway.
+            if claims.exp + LEEWAY_SECS > now {
+                return Ok(claims.clone());
+            }
+        }
+        let claims = self.verify_uncached(token).await?;
+        let mut verified = self.verified.lock().expect("verified lock");
+        if verified.len() >= VERIFIED_CAPACITY {
+            // Bounded memory: drop what has expired, and everything if that is not enough.
+            verified.retain(|_, c| c.exp + LEEWAY_SECS > now);
+            if verified.len() >= VERIFIED_CAPACITY {
+                verified.clear();
+            }
+        }
+        verified.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName => AuthError::Algorithm,
             _ => AuthError::Malformed,
@@ -244,7 +280,7 @@ impl Verifier {
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&self.audiences);
         validation.validate_nbf = true;
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map(|data| data.claims)

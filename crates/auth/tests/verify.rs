@@ -234,3 +234,37 @@ async fn a_failed_fetch_does_not_hold_back_the_next_one() {
         .await
         .expect("the first token after identity comes up verifies at once");
 }
+
+#[tokio::test]
+async fn a_remembered_token_still_expires_and_others_are_still_checked() {
+    let key = Key::new("k1");
+    let source = Source::default();
+    source.serve(&[&key]);
+    let verifier = source.verifier();
+    verifier.refresh().await.expect("jwks");
+    // Expired 3 s ago: still inside the 5 s clock-skew leeway, for about two more seconds.
+    let mut short = claims();
+    short["exp"] = json!(now() - 3);
+    let token = key.sign(&short);
+    verifier.verify(&token).await.expect("valid now");
+    verifier
+        .verify(&token)
+        .await
+        .expect("valid again, from memory");
+    // A different token with the same claims but a forged signature is not "remembered".
+    let impostor = Key {
+        kid: "k1".into(),
+        signing: SigningKey::generate(&mut rand_core::OsRng),
+    };
+    assert_eq!(
+        verifier.verify(&impostor.sign(&short)).await,
+        Err(AuthError::Signature)
+    );
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // Now past exp + leeway.
+    assert_eq!(
+        verifier.verify(&token).await,
+        Err(AuthError::Expired),
+        "a remembered token stops verifying at its exp"
+    );
+}
