@@ -226,7 +226,7 @@ impl Repository {
     /// Inserts or replaces a client (the configured ones, at every start).
     pub async fn upsert_client(&self, client: &StoredClient) -> Result<(), RepoError> {
         let now = now_ms();
-        sqlx::query(&format!(
+        let sql = format!(
             "INSERT INTO clients ({CLIENT_COLUMNS}, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
@@ -235,52 +235,30 @@ impl Repository {
              audiences = excluded.audiences, roles = excluded.roles, \
              require_pkce = excluded.require_pkce, may_introspect = excluded.may_introspect, \
              first_party = excluded.first_party, updated_at = excluded.updated_at"
-        ))
-        .bind(&client.id)
-        .bind(&client.name)
-        .bind(&client.secret_hash)
-        .bind(to_json(&client.redirect_uris))
-        .bind(to_json(&client.grant_types))
-        .bind(to_json(&client.scopes))
-        .bind(to_json(&client.audiences))
-        .bind(to_json(&client.roles))
-        .bind(i64::from(client.require_pkce))
-        .bind(i64::from(client.may_introspect))
-        .bind(i64::from(client.first_party))
-        .bind(now)
-        .execute(self.db.pool())
-        .await?;
+        );
+        bind_client(sqlx::query(&sql), client, now)
+            .execute(self.db.pool())
+            .await?;
         Ok(())
     }
 
     /// Registers a new client; its id must be free.
     pub async fn create_client(&self, client: &StoredClient) -> Result<StoredClient, RepoError> {
         let now = now_ms();
-        sqlx::query(&format!(
+        let sql = format!(
             "INSERT INTO clients ({CLIENT_COLUMNS}, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)"
-        ))
-        .bind(&client.id)
-        .bind(&client.name)
-        .bind(&client.secret_hash)
-        .bind(to_json(&client.redirect_uris))
-        .bind(to_json(&client.grant_types))
-        .bind(to_json(&client.scopes))
-        .bind(to_json(&client.audiences))
-        .bind(to_json(&client.roles))
-        .bind(i64::from(client.require_pkce))
-        .bind(i64::from(client.may_introspect))
-        .bind(i64::from(client.first_party))
-        .bind(now)
-        .execute(self.db.pool())
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                RepoError::ClientIdTaken(client.id.clone())
-            } else {
-                e.into()
-            }
-        })?;
+        );
+        bind_client(sqlx::query(&sql), client, now)
+            .execute(self.db.pool())
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    RepoError::ClientIdTaken(client.id.clone())
+                } else {
+                    e.into()
+                }
+            })?;
         Ok(StoredClient {
             created_at: now,
             ..client.clone()
@@ -765,4 +743,26 @@ impl Repository {
         tx.commit().await?;
         Ok(retired)
     }
+}
+
+/// Binds a client's columns in `CLIENT_COLUMNS` order, then `now`: one place for the mapping the
+/// upsert and the insert share.
+fn bind_client<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    client: &'q StoredClient,
+    now: i64,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(&client.id)
+        .bind(&client.name)
+        .bind(&client.secret_hash)
+        .bind(to_json(&client.redirect_uris))
+        .bind(to_json(&client.grant_types))
+        .bind(to_json(&client.scopes))
+        .bind(to_json(&client.audiences))
+        .bind(to_json(&client.roles))
+        .bind(i64::from(client.require_pkce))
+        .bind(i64::from(client.may_introspect))
+        .bind(i64::from(client.first_party))
+        .bind(now)
 }
