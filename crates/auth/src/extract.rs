@@ -59,3 +59,24 @@ where
         Ok(RequireAdmin(claims))
     }
 }
+
+/// A verified caller with the `service` role: another bazaar service calling an `/internal/...`
+/// endpoint with its client-credentials token.
+#[derive(Debug, Clone)]
+pub struct RequireService(pub Claims);
+
+impl<S> FromRequestParts<S> for RequireService
+where
+    Arc<Verifier>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Caller(claims) = Caller::from_request_parts(parts, state).await?;
+        if !claims.has_role("service") {
+            return Err(AuthError::Forbidden("this endpoint is for bazaar services".into()).into());
+        }
+        Ok(RequireService(claims))
+    }
+}

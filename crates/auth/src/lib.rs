@@ -15,5 +15,5 @@ mod verifier;
 pub mod testing;
 
 pub use claims::{Audience, Claims};
-pub use extract::{bearer_token, Caller, RequireAdmin};
+pub use extract::{bearer_token, Caller, RequireAdmin, RequireService};
 pub use verifier::{AuthError, JwksFetcher, Verifier};

@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use bazaar_auth::{AuthError, Caller, Claims, RequireAdmin};
+use bazaar_auth::{AuthError, Caller, Claims, RequireAdmin, RequireService};
 use bazaar_kit::audit::AuditEvent;
 use bazaar_kit::extract::{Json, Path};
 use bazaar_kit::problem::Problem;
@@ -86,21 +86,6 @@ impl FromRequestParts<AppState> for User {
             );
         }
         Ok(User(claims))
-    }
-}
-
-/// A caller with the `service` role: the gateway.
-struct ServiceCaller;
-
-impl FromRequestParts<AppState> for ServiceCaller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        let Caller(claims) = Caller::from_request_parts(parts, state).await?;
-        if !claims.has_role("service") {
-            return Err(AuthError::Forbidden("this endpoint is for bazaar services".into()).into());
-        }
-        Ok(ServiceCaller)
     }
 }
 
@@ -333,7 +318,7 @@ fn key_usage(state: &AppState, key: &StoredKey, counts: Counts, now: i64) -> Key
     ))]
 async fn lookup_key(
     State(state): State<AppState>,
-    _service: ServiceCaller,
+    _service: RequireService,
     Json(input): Json<LookupInput>,
 ) -> ApiResult<axum::Json<KeyLookup>> {
     let unknown = || ApiError::new(StatusCode::NOT_FOUND, "unknown_key", "Unknown API key");
@@ -377,7 +362,7 @@ async fn lookup_key(
     ))]
 async fn report_usage(
     State(state): State<AppState>,
-    _service: ServiceCaller,
+    _service: RequireService,
     Json(report): Json<UsageReport>,
 ) -> ApiResult<StatusCode> {
     report.validate()?;
@@ -403,7 +388,7 @@ async fn report_usage(
     ))]
 async fn key_counters(
     State(state): State<AppState>,
-    _service: ServiceCaller,
+    _service: RequireService,
     Path(key_id): Path<String>,
 ) -> ApiResult<axum::Json<KeyCounters>> {
     if state.repository.get_key(&key_id).await?.is_none() {

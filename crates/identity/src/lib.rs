@@ -211,6 +211,13 @@ pub fn default_clients() -> Vec<ClientConfig> {
                 "developer",
                 "gateway",
                 "registry",
+                "inventory",
+                "cart",
+                "currency",
+                "payments",
+                "shipping",
+                "orders",
+                "notifications",
             ]),
             roles: strings(&["service"]),
             ..ClientConfig::default()

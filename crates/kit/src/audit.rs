@@ -183,7 +183,7 @@ impl AuditLog {
                     tx.commit().await?;
                     return Ok(record);
                 }
-                Err(error) if attempts < 10 && is_conflict(&error) => {
+                Err(error) if attempts < 10 && crate::storage::is_conflict(&error) => {
                     attempts += 1;
                     drop(tx);
                     tokio::time::sleep(std::time::Duration::from_millis(2 * attempts)).await;
@@ -292,15 +292,4 @@ pub async fn read_records(
             })
         })
         .collect()
-}
-
-fn is_conflict(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => {
-            db.is_unique_violation()
-                || db.message().contains("UNIQUE")
-                || db.message().contains("database is locked")
-        }
-        _ => false,
-    }
 }

@@ -51,6 +51,24 @@ pub struct CommonConfig {
     /// Its secret. Never logged: `Debug` of this struct redacts it.
     #[serde(default)]
     pub client_secret: Secret,
+    /// How events travel between services: `feed` (each service serves its own outbox; the
+    /// embedded default) or `nats` (NATS JetStream, the scale-out profile).
+    pub event_transport: EventTransport,
+    /// NATS server for the `nats` transport.
+    pub nats_url: String,
+    /// JetStream stream holding every service's events (tests give each run its own).
+    pub nats_stream: String,
+    /// How long published events are kept (in the outbox, and in the JetStream stream).
+    pub event_retention_hours: u64,
+}
+
+/// The asynchronous transport for events.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EventTransport {
+    #[default]
+    Feed,
+    Nats,
 }
 
 /// A configuration value that must never appear in logs.
@@ -99,6 +117,10 @@ impl CommonConfig {
             // a laptop (BAZAAR_CLIENT_SECRET).
             client_id: "bazaar-services".to_owned(),
             client_secret: Secret("bazaar-services-secret".to_owned()),
+            event_transport: EventTransport::Feed,
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats_stream: "BAZAAR_EVENTS".to_owned(),
+            event_retention_hours: 24 * 7,
         }
     }
 

@@ -168,6 +168,45 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
+/// Whether `error` means a concurrent writer got there first (a unique violation on a
+/// sequence, or SQLite's busy/locked answers): the transaction should be rolled back and run
+/// again from the start.
+pub fn is_conflict(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || db.message().contains("UNIQUE")
+                || db.message().contains("database is locked")
+                || db.message().contains("database table is locked")
+                // PostgreSQL serialization failure and deadlock: both ask for a retry.
+                || matches!(db.code().as_deref(), Some("40001") | Some("40P01"))
+        }
+        _ => false,
+    }
+}
+
+/// Runs `transaction` (which begins, works and commits) again while it fails with a
+/// [conflict](is_conflict), up to 20 times with a short growing pause. Use it around every
+/// transaction that appends to a sequence (outbox, audit log) or reads then writes on SQLite.
+pub async fn retry_conflicts<T, F, Fut>(mut transaction: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut attempt: u64 = 0;
+    loop {
+        match transaction().await {
+            Err(error) if attempt < 20 && is_conflict(&error) => {
+                attempt += 1;
+                // Jitter keeps two retrying writers from colliding in lockstep.
+                let pause = attempt.min(10) * 2 + fastrand::u64(0..=attempt.min(10) * 2);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Helpers for tests that prove the PostgreSQL profile.
 pub mod testing {
     use super::*;

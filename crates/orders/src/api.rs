@@ -1,0 +1,305 @@
+//! The orders REST API: place an order from the cart (idempotent by `Idempotency-Key`), read
+//! one's own orders, and the admin and internal listings.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bazaar_auth::{AuthError, Caller, RequireAdmin, RequireService};
+use bazaar_kit::extract::{Json, Path, Query};
+use bazaar_kit::problem::Problem;
+use bazaar_kit::storage::now_ms;
+use bazaar_kit::{ApiError, ApiResult};
+use bazaar_messaging::NewEvent;
+use serde_json::json;
+use utoipa::OpenApi;
+
+use crate::model::{
+    Address, HistoryEntry, ListQuery, Money, Order, OrderLine, OrderList, PlaceOrder, Placed,
+    SagaState,
+};
+use crate::remote::StepError;
+use crate::repository::StoredOrder;
+use crate::saga::step;
+use crate::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/orders", post(place_order).get(my_orders))
+        .route("/api/v1/orders/{id}", get(get_order))
+        .route("/api/v1/admin/orders", get(all_orders))
+        .route("/internal/v1/orders", get(internal_orders))
+        .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "bazaar orders", description = "Checkout from the cart and the order's saga."),
+    paths(place_order, my_orders, get_order, all_orders),
+    components(schemas(PlaceOrder, Placed, Order, OrderList, OrderLine, Address, Money, HistoryEntry, Problem)),
+    tags((name = "orders", description = "Orders and checkout"))
+)]
+struct ApiDoc;
+
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+fn db(error: sqlx::Error) -> ApiError {
+    ApiError::internal(error)
+}
+
+/// The idempotency key of a placement: required, printable, at most 128 characters.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<String> {
+    let value = headers
+        .get("idempotency-key")
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Idempotency-Key",
+                "a checkout needs an Idempotency-Key header (e.g. a UUID) so a retry never places a second order",
+            )
+        })?
+        .to_str()
+        .map_err(|_| ApiError::invalid("Idempotency-Key", "must be printable ASCII"))?
+        .trim()
+        .to_owned();
+    if value.is_empty() || value.len() > 128 {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "must be 1 to 128 characters",
+        ));
+    }
+    Ok(value)
+}
+
+fn placed(order: &StoredOrder) -> Placed {
+    Placed {
+        order_id: order.id.clone(),
+        status: order.status.clone(),
+        status_url: format!("/api/v1/orders/{}", order.id),
+    }
+}
+
+/// Checks out the caller's cart. Answers 202 at once; the saga runs in the background. The
+/// same `Idempotency-Key` returns the same order (200) and never places a second one.
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", request_body = PlaceOrder,
+    params(("Idempotency-Key" = String, Header, description = "Unique per checkout attempt")),
+    responses(
+        (status = 202, description = "Order accepted", body = Placed),
+        (status = 200, description = "The order this key already placed", body = Placed),
+        (status = 400, description = "Invalid input", body = Problem),
+        (status = 401, description = "Not signed in", body = Problem),
+        (status = 422, description = "The cart is empty", body = Problem),
+        (status = 503, description = "The cart cannot be read now", body = Problem)))]
+async fn place_order(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    headers: HeaderMap,
+    Json(mut input): Json<PlaceOrder>,
+) -> ApiResult<Response> {
+    if !claims.is_user() {
+        return Err(AuthError::Forbidden("orders are placed by signed-in users".into()).into());
+    }
+    let key = idempotency_key(&headers)?;
+    input.validate()?;
+    if let Some(existing) = state
+        .repository
+        .find_by_key(&claims.sub, &key)
+        .await
+        .map_err(db)?
+    {
+        return Ok((StatusCode::OK, axum::Json(placed(&existing))).into_response());
+    }
+    let cart = state
+        .remote
+        .cart(&claims.sub)
+        .await
+        .map_err(|error| match error {
+            StepError::Unavailable { reason, .. } => ApiError::unavailable(
+                "cart_unavailable",
+                format!("your cart cannot be read right now ({reason}); please try again shortly"),
+            ),
+            StepError::Rejected { detail, .. } => ApiError::unavailable("cart_unavailable", detail),
+        })?;
+    if cart.lines.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "empty_cart",
+            "The cart is empty",
+        )
+        .field("cart")
+        .detail("add products to the cart before checking out"));
+    }
+    let lines: Vec<OrderLine> = cart
+        .lines
+        .into_iter()
+        .map(|l| OrderLine {
+            product_id: l.product_id,
+            sku: l.sku,
+            name: l.name,
+            quantity: l.quantity,
+            unit_price: l.unit_price,
+            weight_grams: l.weight_grams,
+        })
+        .collect();
+    let line_currency = lines[0].unit_price.currency.clone();
+    if lines.iter().any(|l| l.unit_price.currency != line_currency) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "mixed_currencies",
+            "The cart mixes currencies",
+        )
+        .field("cart"));
+    }
+    let subtotal: i64 = lines
+        .iter()
+        .map(|l| l.unit_price.amount_minor.saturating_mul(l.quantity))
+        .sum();
+    let now = now_ms();
+    let order = StoredOrder {
+        id: uuid::Uuid::now_v7().to_string(),
+        user_id: claims.sub.clone(),
+        email: claims.email.clone().unwrap_or_default(),
+        idempotency_key: key.clone(),
+        status: "pending".into(),
+        status_reason: "in progress: locate".into(),
+        step: step::LOCATE.into(),
+        currency: input
+            .currency
+            .clone()
+            .unwrap_or_else(|| line_currency.clone()),
+        subtotal_minor: subtotal,
+        shipping_minor: 0,
+        total_minor: subtotal,
+        address: input.shipping_address.clone(),
+        lines,
+        saga: SagaState::default(),
+        card_token: input.card_token.clone(),
+        attempts: 0,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    let event = NewEvent::new(
+        "order.placed",
+        &order.id,
+        &json!({
+            "order_id": order.id,
+            "user_id": order.user_id,
+            "email": order.email,
+            "total": Money::new(order.total_minor, &order.currency),
+            "lines": order.lines.iter().map(|l| json!({"product_id": l.product_id, "quantity": l.quantity})).collect::<Vec<_>>(),
+        }),
+    );
+    let inserted = state
+        .repository
+        .insert(state.messaging.outbox(), &order, event)
+        .await
+        .map_err(db)?;
+    if !inserted {
+        // A concurrent request with the same key won the race: answer with its order.
+        let existing = state
+            .repository
+            .find_by_key(&claims.sub, &key)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| ApiError::internal("order vanished after a key conflict"))?;
+        return Ok((StatusCode::OK, axum::Json(placed(&existing))).into_response());
+    }
+    state.saga.wake();
+    let location = format!("/api/v1/orders/{}", order.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(http::header::LOCATION, location)],
+        axum::Json(placed(&order)),
+    )
+        .into_response())
+}
+
+async fn with_history(state: &AppState, orders: Vec<StoredOrder>) -> ApiResult<Vec<Order>> {
+    let mut out = Vec::with_capacity(orders.len());
+    for order in orders {
+        let history = state.repository.history(&order.id).await.map_err(db)?;
+        out.push(order.into_order(history));
+    }
+    Ok(out)
+}
+
+/// The caller's orders, newest first.
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", params(ListQuery),
+    responses((status = 200, description = "The caller's orders", body = OrderList),
+        (status = 401, description = "Not signed in", body = Problem)))]
+async fn my_orders(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<axum::Json<OrderList>> {
+    let orders = state
+        .repository
+        .list(Some(&claims.sub), query.status()?, query.limit()?)
+        .await
+        .map_err(db)?;
+    Ok(axum::Json(OrderList {
+        orders: with_history(&state, orders).await?,
+    }))
+}
+
+/// One order with its saga's steps; only its owner (or an admin) sees it.
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "Order id")),
+    responses((status = 200, description = "The order", body = Order),
+        (status = 404, description = "No such order (or not yours)", body = Problem)))]
+async fn get_order(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Order>> {
+    let not_found = || ApiError::not_found(format!("there is no order with id {id}"));
+    let order = state
+        .repository
+        .get(&id)
+        .await
+        .map_err(db)?
+        .ok_or_else(not_found)?;
+    if order.user_id != claims.sub && !claims.is_admin() {
+        return Err(not_found());
+    }
+    let history = state.repository.history(&id).await.map_err(db)?;
+    Ok(axum::Json(order.into_order(history)))
+}
+
+/// Every order (admins).
+#[utoipa::path(get, path = "/api/v1/admin/orders", tag = "orders", params(ListQuery),
+    responses((status = 200, description = "Orders, newest first", body = OrderList),
+        (status = 403, description = "Not an admin", body = Problem)))]
+async fn all_orders(
+    State(state): State<AppState>,
+    _admin: RequireAdmin,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<axum::Json<OrderList>> {
+    let orders = state
+        .repository
+        .list(query.user_id.as_deref(), query.status()?, query.limit()?)
+        .await
+        .map_err(db)?;
+    Ok(axum::Json(OrderList {
+        orders: with_history(&state, orders).await?,
+    }))
+}
+
+/// Every order, for other services and `bazaar reconcile`.
+async fn internal_orders(
+    State(state): State<AppState>,
+    _service: RequireService,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<axum::Json<OrderList>> {
+    let limit = query.limit.unwrap_or(10_000).clamp(1, 100_000);
+    let orders = state
+        .repository
+        .list(query.user_id.as_deref(), query.status()?, limit)
+        .await
+        .map_err(db)?;
+    Ok(axum::Json(OrderList {
+        orders: with_history(&state, orders).await?,
+    }))
+}

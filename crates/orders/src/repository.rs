@@ -1,0 +1,402 @@
+//! Every SQL statement of the orders service, portable across SQLite and PostgreSQL. An order
+//! row holds the saga's state (`step`, `saga` JSON, retry bookkeeping and the claim that lets
+//! one worker drive it at a time); `order_history` records each step's outcome.
+
+use bazaar_kit::storage::{now_ms, Database};
+use bazaar_messaging::{NewEvent, Outbox};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::model::{Address, HistoryEntry, Money, Order, OrderLine, SagaState};
+
+/// An order as stored.
+#[derive(Debug, Clone)]
+pub struct StoredOrder {
+    pub id: String,
+    pub user_id: String,
+    pub email: String,
+    pub idempotency_key: String,
+    pub status: String,
+    pub status_reason: String,
+    pub step: String,
+    pub currency: String,
+    pub subtotal_minor: i64,
+    pub shipping_minor: i64,
+    pub total_minor: i64,
+    pub address: Address,
+    pub lines: Vec<OrderLine>,
+    pub saga: SagaState,
+    pub card_token: String,
+    pub attempts: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl StoredOrder {
+    /// The catalogue currency the lines are priced in.
+    pub fn line_currency(&self) -> String {
+        self.lines
+            .first()
+            .map(|l| l.unit_price.currency.clone())
+            .unwrap_or_else(|| "USD".to_owned())
+    }
+
+    pub fn into_order(self, history: Vec<HistoryEntry>) -> Order {
+        let line_currency = self.line_currency();
+        Order {
+            subtotal: Money::new(self.subtotal_minor, &line_currency),
+            shipping: Money::new(self.shipping_minor, "USD"),
+            total: Money::new(self.total_minor, &self.currency),
+            payment_id: self.saga.payment_id.clone(),
+            shipment_id: self.saga.shipment_id.clone(),
+            tracking_number: self.saga.tracking_number.clone(),
+            id: self.id,
+            user_id: self.user_id,
+            status: self.status,
+            status_reason: self.status_reason,
+            step: self.step,
+            currency: self.currency,
+            lines: self.lines,
+            shipping_address: self.address,
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+            history,
+        }
+    }
+}
+
+/// What a saga step changes in an order.
+#[derive(Debug, Clone)]
+pub struct StepUpdate {
+    pub step: String,
+    pub status: String,
+    pub status_reason: String,
+    pub saga: SagaState,
+    pub shipping_minor: i64,
+    pub total_minor: i64,
+    /// Retry bookkeeping: 0 after progress.
+    pub attempts: i64,
+    pub next_attempt_at_ms: i64,
+    pub history: HistoryEntry,
+    /// An event to publish with the change (terminal states).
+    pub event: Option<NewEvent>,
+}
+
+const COLUMNS: &str =
+    "id, user_id, email, idempotency_key, status, status_reason, step, currency, \
+    subtotal_minor, shipping_minor, total_minor, address, lines, saga, card_token, attempts, \
+    created_at_ms, updated_at_ms";
+
+#[derive(Clone)]
+pub struct Repository {
+    db: Database,
+}
+
+impl Repository {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The order a user placed with `key`, if any.
+    pub async fn find_by_key(
+        &self,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<StoredOrder>, sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM orders WHERE user_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    /// Inserts a new order and its `order.placed` event in one transaction. `Ok(false)` when
+    /// the user already has an order with this idempotency key.
+    pub async fn insert(
+        &self,
+        outbox: &Outbox,
+        order: &StoredOrder,
+        event: NewEvent,
+    ) -> Result<bool, sqlx::Error> {
+        let outcome = bazaar_kit::storage::retry_conflicts(|| async {
+            let mut tx = self.db.pool().begin().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO orders (id, user_id, email, idempotency_key, status, status_reason, step, \
+                 currency, subtotal_minor, shipping_minor, total_minor, address, lines, saga, card_token, \
+                 attempts, next_attempt_at_ms, claimed_by, claimed_until_ms, created_at_ms, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, $16, '', 0, $16, $16) \
+                 ON CONFLICT (user_id, idempotency_key) DO NOTHING",
+            )
+            .bind(&order.id)
+            .bind(&order.user_id)
+            .bind(&order.email)
+            .bind(&order.idempotency_key)
+            .bind(&order.status)
+            .bind(&order.status_reason)
+            .bind(&order.step)
+            .bind(&order.currency)
+            .bind(order.subtotal_minor)
+            .bind(order.shipping_minor)
+            .bind(order.total_minor)
+            .bind(json(&order.address))
+            .bind(json(&order.lines))
+            .bind(json(&order.saga))
+            .bind(&order.card_token)
+            .bind(order.created_at_ms)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                return Ok(false);
+            }
+            insert_history(
+                &mut tx,
+                &order.id,
+                &HistoryEntry {
+                    at_ms: order.created_at_ms,
+                    step: "placed".into(),
+                    outcome: "ok".into(),
+                    detail: "order accepted; checkout started".into(),
+                },
+            )
+            .await?;
+            outbox.append_in(&mut tx, event.clone()).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await?;
+        if outcome {
+            outbox.notify();
+        }
+        Ok(outcome)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<StoredOrder>, sqlx::Error> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT at_ms, step, outcome, detail FROM order_history WHERE order_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HistoryEntry {
+                    at_ms: r.try_get("at_ms")?,
+                    step: r.try_get("step")?,
+                    outcome: r.try_get("outcome")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Orders, newest first, optionally one user's and/or one status, before a creation time.
+    pub async fn list(
+        &self,
+        user_id: Option<&str>,
+        status: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<StoredOrder>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM orders WHERE ($1 = '' OR user_id = $1) AND ($2 = '' OR status = $2) \
+             ORDER BY created_at_ms DESC, id DESC LIMIT $3"
+        ))
+        .bind(user_id.unwrap_or(""))
+        .bind(status.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Pending orders due for their next step and not claimed by a live worker.
+    pub async fn due(&self, now: i64, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT id FROM orders WHERE status = 'pending' AND next_attempt_at_ms <= $1 \
+             AND claimed_until_ms < $1 ORDER BY next_attempt_at_ms LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await
+    }
+
+    /// Earliest time any pending order is due (to sleep until then).
+    pub async fn next_due_at(&self) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN claimed_until_ms > next_attempt_at_ms THEN claimed_until_ms \
+             ELSE next_attempt_at_ms END) FROM orders WHERE status = 'pending'",
+        )
+        .fetch_one(self.db.pool())
+        .await
+    }
+
+    /// Claims a pending order for `worker` until `until_ms`; `None` when another worker holds it
+    /// or it is no longer pending.
+    pub async fn claim(
+        &self,
+        id: &str,
+        worker: &str,
+        until_ms: i64,
+    ) -> Result<Option<StoredOrder>, sqlx::Error> {
+        let now = now_ms();
+        let claimed = bazaar_kit::storage::retry_conflicts(|| async {
+            sqlx::query(
+                "UPDATE orders SET claimed_by = $1, claimed_until_ms = $2 WHERE id = $3 \
+                 AND status = 'pending' AND (claimed_until_ms < $4 OR claimed_by = $1)",
+            )
+            .bind(worker)
+            .bind(until_ms)
+            .bind(id)
+            .bind(now)
+            .execute(self.db.pool())
+            .await
+        })
+        .await?;
+        if claimed.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.get(id).await
+    }
+
+    /// Lets go of a claim (the order waits for `next_attempt_at_ms`).
+    pub async fn unclaim(&self, id: &str, worker: &str) -> Result<(), sqlx::Error> {
+        bazaar_kit::storage::retry_conflicts(|| async {
+            sqlx::query("UPDATE orders SET claimed_until_ms = 0 WHERE id = $1 AND claimed_by = $2")
+                .bind(id)
+                .bind(worker)
+                .execute(self.db.pool())
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Records a step's outcome (and its event) in one transaction, if `worker` still holds the
+    /// claim; `false` when it lost it.
+    pub async fn record_step(
+        &self,
+        outbox: &Outbox,
+        id: &str,
+        worker: &str,
+        update: &StepUpdate,
+    ) -> Result<bool, sqlx::Error> {
+        let recorded = bazaar_kit::storage::retry_conflicts(|| async {
+            let mut tx = self.db.pool().begin().await?;
+            let now = now_ms();
+            let changed = sqlx::query(
+                "UPDATE orders SET step = $1, status = $2, status_reason = $3, saga = $4, \
+                 shipping_minor = $5, total_minor = $6, attempts = $7, next_attempt_at_ms = $8, \
+                 updated_at_ms = $9 WHERE id = $10 AND claimed_by = $11 AND status = 'pending'",
+            )
+            .bind(&update.step)
+            .bind(&update.status)
+            .bind(&update.status_reason)
+            .bind(json(&update.saga))
+            .bind(update.shipping_minor)
+            .bind(update.total_minor)
+            .bind(update.attempts)
+            .bind(update.next_attempt_at_ms)
+            .bind(now)
+            .bind(id)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+            if changed.rows_affected() == 0 {
+                return Ok(false);
+            }
+            insert_history(&mut tx, id, &update.history).await?;
+            if let Some(event) = &update.event {
+                outbox.append_in(&mut tx, event.clone()).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await?;
+        if recorded && update.event.is_some() {
+            outbox.notify();
+        }
+        Ok(recorded)
+    }
+
+    /// Counts by status, for metrics and the admin console.
+    pub async fn counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status")
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+}
+
+async fn insert_history(
+    connection: &mut AnyConnection,
+    order_id: &str,
+    entry: &HistoryEntry,
+) -> Result<(), sqlx::Error> {
+    let seq: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(seq) FROM order_history WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(&mut *connection)
+            .await?;
+    sqlx::query(
+        "INSERT INTO order_history (order_id, seq, at_ms, step, outcome, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(order_id)
+    .bind(seq.unwrap_or(0) + 1)
+    .bind(entry.at_ms)
+    .bind(&entry.step)
+    .bind(&entry.outcome)
+    .bind(&entry.detail)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(row: &AnyRow, column: &str) -> Result<T, sqlx::Error> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn decode(row: &AnyRow) -> Result<StoredOrder, sqlx::Error> {
+    Ok(StoredOrder {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        email: row.try_get("email")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        status: row.try_get("status")?,
+        status_reason: row.try_get("status_reason")?,
+        step: row.try_get("step")?,
+        currency: row.try_get("currency")?,
+        subtotal_minor: row.try_get("subtotal_minor")?,
+        shipping_minor: row.try_get("shipping_minor")?,
+        total_minor: row.try_get("total_minor")?,
+        address: parse(row, "address")?,
+        lines: parse(row, "lines")?,
+        saga: parse(row, "saga")?,
+        card_token: row.try_get("card_token")?,
+        attempts: row.try_get("attempts")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}

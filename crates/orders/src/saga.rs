@@ -1,0 +1,537 @@
+//! The checkout saga, orchestrated here and persisted after every step (G6):
+//!
+//! ```text
+//! locate → reserve_stock → price → authorize_payment → create_shipment → commit_stock
+//!        → capture_payment → confirm                                     (order confirmed)
+//! any "no" before create_shipment succeeds → void_payment (if authorized) → release_stock
+//!        → cancel                                                         (order cancelled)
+//! ```
+//!
+//! Every remote command is idempotent by a key derived from the order id, so a step re-run after
+//! a crash (between the remote call and the write that records it) finds the first result
+//! instead of acting twice (G4, G6). A service that is down or failing leaves the order pending
+//! with a reason and the step is retried with backoff; a saga never stops half-way. Creating the
+//! shipment is the pivot: after it, steps are only retried, never compensated. Compensation
+//! itself is retried until done (G5).
+//!
+//! One worker drives an order at a time: it claims the row for a while (renewed per step), so
+//! several orders instances can share the work on PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bazaar_kit::storage::now_ms;
+use bazaar_messaging::{NewEvent, Outbox};
+use serde_json::json;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::model::{HistoryEntry, Money, SagaState};
+use crate::remote::{Parcel, Remote, StepError};
+use crate::repository::{Repository, StepUpdate, StoredOrder};
+
+/// How long a claim lasts without renewal (the takeover delay after a worker dies elsewhere).
+const CLAIM_MS: i64 = 30_000;
+/// Orders driven at once by one worker.
+const PARALLEL: usize = 64;
+
+/// The saga's steps, as stored in `orders.step`.
+pub mod step {
+    pub const LOCATE: &str = "locate";
+    pub const RESERVE: &str = "reserve_stock";
+    pub const PRICE: &str = "price";
+    pub const AUTHORIZE: &str = "authorize_payment";
+    pub const SHIP: &str = "create_shipment";
+    pub const COMMIT_STOCK: &str = "commit_stock";
+    pub const CAPTURE: &str = "capture_payment";
+    pub const CONFIRM: &str = "confirm";
+    pub const VOID: &str = "void_payment";
+    pub const RELEASE: &str = "release_stock";
+    pub const CANCEL: &str = "cancel";
+    pub const DONE: &str = "done";
+}
+
+/// Settings of the saga worker.
+#[derive(Debug, Clone)]
+pub struct SagaSettings {
+    /// Longest pause between retries of a step.
+    pub max_backoff_ms: i64,
+    /// Chaos hook: exit the process right after this step's remote call succeeded and before
+    /// its result is recorded (once per data directory: a marker file remembers it).
+    pub crash_after: Option<(String, std::path::PathBuf)>,
+}
+
+/// Drives pending orders.
+#[derive(Clone)]
+pub struct Saga {
+    repository: Repository,
+    remote: Remote,
+    outbox: Outbox,
+    worker: String,
+    settings: SagaSettings,
+    wake: Arc<Notify>,
+}
+
+/// What running one step decided.
+enum Next {
+    /// Go on to `step` with the updated state.
+    Advance { step: &'static str, detail: String },
+    /// Compensate: the order cannot complete, for `reason`.
+    Fail { reason: String },
+    /// Terminal: confirmed or cancelled.
+    Finish {
+        status: &'static str,
+        reason: String,
+        event: NewEvent,
+    },
+}
+
+impl Saga {
+    pub fn new(
+        repository: Repository,
+        remote: Remote,
+        outbox: Outbox,
+        worker: String,
+        settings: SagaSettings,
+    ) -> Self {
+        Self {
+            repository,
+            remote,
+            outbox,
+            worker,
+            settings,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Wakes the worker (a new order is waiting).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs the worker forever.
+    pub async fn run(self) {
+        let permits = Arc::new(Semaphore::new(PARALLEL));
+        loop {
+            let due = self.repository.due(now_ms(), PARALLEL as i64).await;
+            let mut started = 0;
+            match due {
+                Ok(ids) => {
+                    for id in ids {
+                        let Ok(permit) = permits.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        started += 1;
+                        let saga = self.clone();
+                        tokio::spawn(async move {
+                            saga.drive(&id).await;
+                            drop(permit);
+                            saga.wake();
+                        });
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot read due orders"),
+            }
+            if started > 0 {
+                // Look again at once: more may be due.
+                tokio::task::yield_now().await;
+                if permits.available_permits() == 0 {
+                    self.wake.notified().await;
+                }
+                continue;
+            }
+            let pause = match self.repository.next_due_at().await {
+                Ok(Some(at)) => (at - now_ms()).clamp(5, 1_000),
+                _ => 1_000,
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(pause as u64), self.wake.notified())
+                .await;
+        }
+    }
+
+    /// Drives one order as far as it can go now. Public so tests can run a saga to completion
+    /// without the background worker.
+    pub async fn drive(&self, id: &str) {
+        loop {
+            let claimed = self
+                .repository
+                .claim(id, &self.worker, now_ms() + CLAIM_MS)
+                .await;
+            let order = match claimed {
+                Ok(Some(order)) => order,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%error, order_id = id, "cannot claim the order");
+                    return;
+                }
+            };
+            match self.step(order).await {
+                Ok(true) => continue,
+                Ok(false) => {
+                    let _ = self.repository.unclaim(id, &self.worker).await;
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, order_id = id, "cannot record a saga step");
+                    let _ = self.repository.unclaim(id, &self.worker).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs the order's current step and records what happened; `true` when the saga can go on
+    /// at once.
+    async fn step(&self, order: StoredOrder) -> Result<bool, sqlx::Error> {
+        let current = order.step.clone();
+        let mut saga = order.saga.clone();
+        let mut shipping_minor = order.shipping_minor;
+        let mut total_minor = order.total_minor;
+        let outcome = self
+            .run_step(&order, &mut saga, &mut shipping_minor, &mut total_minor)
+            .await;
+        if let Ok(ref next) = outcome {
+            if !matches!(next, Next::Fail { .. }) {
+                self.maybe_crash(&current);
+            }
+        }
+        let now = now_ms();
+        let history = |outcome: &str, detail: String| HistoryEntry {
+            at_ms: now,
+            step: current.clone(),
+            outcome: outcome.to_owned(),
+            detail,
+        };
+        let mut update = StepUpdate {
+            step: current.clone(),
+            status: "pending".to_owned(),
+            status_reason: String::new(),
+            saga: saga.clone(),
+            shipping_minor,
+            total_minor,
+            attempts: 0,
+            next_attempt_at_ms: now,
+            history: history("ok", String::new()),
+            event: None,
+        };
+        let go_on = match outcome {
+            Ok(Next::Advance { step, detail }) => {
+                update.step = step.to_owned();
+                update.status_reason = format!("in progress: {}", step.replace('_', " "));
+                update.history = history("ok", detail);
+                true
+            }
+            Ok(Next::Fail { reason }) => {
+                // Compensate in reverse: money first, then stock.
+                update.step = if saga.payment_authorized {
+                    step::VOID
+                } else {
+                    step::RELEASE
+                }
+                .to_owned();
+                update.status_reason = format!("cancelling: {reason}");
+                update.history = history("failed", reason);
+                true
+            }
+            Ok(Next::Finish {
+                status,
+                reason,
+                event,
+            }) => {
+                update.step = step::DONE.to_owned();
+                update.status = status.to_owned();
+                update.status_reason = reason.clone();
+                update.history = history("ok", reason);
+                update.event = Some(event);
+                false
+            }
+            Err(StepError::Unavailable { service, reason }) => {
+                let attempts = order.attempts + 1;
+                update.attempts = attempts;
+                update.next_attempt_at_ms = now + self.backoff_ms(attempts);
+                update.status_reason =
+                    format!("waiting for {service}: {reason}; retrying (attempt {attempts})");
+                update.history = history("retry", reason);
+                false
+            }
+            Err(StepError::Rejected { code, detail }) => {
+                // A "no" from a step that only goes forward (after the pivot, or compensation):
+                // keep retrying and make it visible; reconciliation reports it if it persists.
+                let attempts = order.attempts + 1;
+                update.attempts = attempts;
+                update.next_attempt_at_ms = now + self.backoff_ms(attempts);
+                update.status_reason = format!(
+                    "step {current} refused ({code}: {detail}); retrying (attempt {attempts})"
+                );
+                update.history = history("retry", format!("{code}: {detail}"));
+                false
+            }
+        };
+        let recorded = self
+            .repository
+            .record_step(&self.outbox, &order.id, &self.worker, &update)
+            .await?;
+        if recorded {
+            tracing::info!(order_id = %order.id, step = %current, next = %update.step,
+                status = %update.status, "saga step recorded");
+        }
+        Ok(recorded && go_on)
+    }
+
+    fn backoff_ms(&self, attempts: i64) -> i64 {
+        let base = 200i64.saturating_mul(1 << attempts.clamp(0, 10));
+        let capped = base.min(self.settings.max_backoff_ms.max(100));
+        capped / 2 + fastrand::i64(0..=capped / 2)
+    }
+
+    fn maybe_crash(&self, step: &str) {
+        if let Some((crash_step, marker)) = &self.settings.crash_after {
+            if crash_step == step && !marker.exists() {
+                let _ = std::fs::write(marker, step);
+                tracing::error!(
+                    step,
+                    "chaos: crashing after the step's remote call, before recording it"
+                );
+                std::process::exit(87);
+            }
+        }
+    }
+
+    async fn run_step(
+        &self,
+        order: &StoredOrder,
+        saga: &mut SagaState,
+        shipping_minor: &mut i64,
+        total_minor: &mut i64,
+    ) -> Result<Next, StepError> {
+        let rejected = |error: StepError, what: &str| match error {
+            StepError::Rejected { code, detail } => Ok(Next::Fail {
+                reason: format!("{what} ({code}): {detail}"),
+            }),
+            other => Err(other),
+        };
+        match order.step.as_str() {
+            step::LOCATE => match self.remote.locate(&order.address).await {
+                Ok(location) => {
+                    saga.destination = Some((location.lat, location.lon));
+                    Ok(Next::Advance {
+                        step: step::RESERVE,
+                        detail: format!("destination at {:.4}, {:.4}", location.lat, location.lon),
+                    })
+                }
+                Err(error) => rejected(error, "the address cannot be shipped to"),
+            },
+            step::RESERVE => {
+                let destination = saga.destination.unwrap_or((0.0, 0.0));
+                match self
+                    .remote
+                    .reserve(&order.id, &order.lines, destination)
+                    .await
+                {
+                    Ok(reservation) => {
+                        saga.allocations = reservation.allocations;
+                        Ok(Next::Advance {
+                            step: step::PRICE,
+                            detail: format!("stock reserved ({})", reservation.status),
+                        })
+                    }
+                    Err(error) => rejected(error, "out of stock"),
+                }
+            }
+            step::PRICE => {
+                let destination = saga.destination.unwrap_or((0.0, 0.0));
+                let parcels = parcels(order, saga);
+                let quote = match self.remote.quote(destination, &parcels).await {
+                    Ok(quote) => quote,
+                    Err(error) => return rejected(error, "the address cannot be shipped to"),
+                };
+                let line_currency = order.line_currency();
+                let shipping_in_lines =
+                    match self.remote.convert(&quote.amount, &line_currency).await {
+                        Ok(amount) => amount,
+                        Err(error) => return rejected(error, "shipping cannot be priced"),
+                    };
+                let due = Money::new(order.subtotal_minor + shipping_in_lines, &line_currency);
+                let total = match self.remote.convert(&due, &order.currency).await {
+                    Ok(total) => total,
+                    Err(error) => return rejected(error, "the currency is not supported"),
+                };
+                *shipping_minor = shipping_in_lines;
+                *total_minor = total;
+                Ok(Next::Advance {
+                    step: step::AUTHORIZE,
+                    detail: format!("total {} {} including shipping", total, order.currency),
+                })
+            }
+            step::AUTHORIZE => {
+                let amount = Money::new(order.total_minor, &order.currency);
+                match self
+                    .remote
+                    .authorize(&order.id, &order.user_id, &amount, &order.card_token)
+                    .await
+                {
+                    Ok(payment) if payment.status == "authorized" => {
+                        saga.payment_id = Some(payment.payment_id.clone());
+                        saga.payment_authorized = true;
+                        Ok(Next::Advance {
+                            step: step::SHIP,
+                            detail: format!("payment {} authorized", payment.payment_id),
+                        })
+                    }
+                    Ok(payment) => {
+                        saga.payment_id = Some(payment.payment_id);
+                        Ok(Next::Fail {
+                            reason: format!(
+                                "payment declined ({})",
+                                payment
+                                    .decline_code
+                                    .unwrap_or_else(|| payment.status.clone())
+                            ),
+                        })
+                    }
+                    Err(error) => rejected(error, "payment refused"),
+                }
+            }
+            step::SHIP => {
+                let parcels = parcels(order, saga);
+                match self
+                    .remote
+                    .create_shipment(&order.id, &order.user_id, &order.address, &parcels)
+                    .await
+                {
+                    Ok(shipment) => {
+                        saga.shipment_id = Some(shipment.shipment_id.clone());
+                        saga.tracking_number = Some(shipment.tracking_number.clone());
+                        Ok(Next::Advance {
+                            step: step::COMMIT_STOCK,
+                            detail: format!("shipment {} created", shipment.shipment_id),
+                        })
+                    }
+                    Err(error) => rejected(error, "the shipment cannot be created"),
+                }
+            }
+            step::COMMIT_STOCK => {
+                self.remote.commit_stock(&order.id).await?;
+                Ok(Next::Advance {
+                    step: step::CAPTURE,
+                    detail: "stock committed".into(),
+                })
+            }
+            step::CAPTURE => {
+                let payment_id = saga.payment_id.clone().unwrap_or_default();
+                self.remote
+                    .settle(&order.id, &payment_id, "capture")
+                    .await?;
+                Ok(Next::Advance {
+                    step: step::CONFIRM,
+                    detail: format!("payment {payment_id} captured"),
+                })
+            }
+            step::CONFIRM => Ok(Next::Finish {
+                status: "confirmed",
+                reason: "confirmed".into(),
+                event: NewEvent::new(
+                    "order.confirmed",
+                    &order.id,
+                    &json!({
+                        "order_id": order.id,
+                        "user_id": order.user_id,
+                        "email": order.email,
+                        "total": Money::new(order.total_minor, &order.currency),
+                        "lines": event_lines(order),
+                        "shipment_id": saga.shipment_id,
+                    }),
+                ),
+            }),
+            step::VOID => {
+                let payment_id = saga.payment_id.clone().unwrap_or_default();
+                self.remote.settle(&order.id, &payment_id, "void").await?;
+                saga.payment_authorized = false;
+                Ok(Next::Advance {
+                    step: step::RELEASE,
+                    detail: format!("payment {payment_id} voided"),
+                })
+            }
+            step::RELEASE => {
+                self.remote.release_stock(&order.id).await?;
+                Ok(Next::Advance {
+                    step: step::CANCEL,
+                    detail: "stock released".into(),
+                })
+            }
+            step::CANCEL => {
+                let reason = order
+                    .status_reason
+                    .strip_prefix("cancelling: ")
+                    .unwrap_or(&order.status_reason)
+                    .to_owned();
+                let reason = self.cancel_reason(order, reason).await;
+                Ok(Next::Finish {
+                    status: "cancelled",
+                    reason: reason.clone(),
+                    event: NewEvent::new(
+                        "order.cancelled",
+                        &order.id,
+                        &json!({
+                            "order_id": order.id,
+                            "user_id": order.user_id,
+                            "email": order.email,
+                            "reason": reason,
+                        }),
+                    ),
+                })
+            }
+            other => Err(StepError::Rejected {
+                code: "unknown_step".into(),
+                detail: format!("the order is at an unknown step `{other}`"),
+            }),
+        }
+    }
+
+    /// The reason recorded when compensation began (the status reason changes on the way).
+    async fn cancel_reason(&self, order: &StoredOrder, fallback: String) -> String {
+        match self.repository.history(&order.id).await {
+            Ok(history) => history
+                .iter()
+                .rev()
+                .find(|h| h.outcome == "failed")
+                .map(|h| h.detail.clone())
+                .unwrap_or(fallback),
+            Err(_) => fallback,
+        }
+    }
+}
+
+/// One parcel per warehouse the stock comes from, weighed from the order's lines.
+fn parcels(order: &StoredOrder, saga: &SagaState) -> Vec<Parcel> {
+    let weights: BTreeMap<&str, i64> = order
+        .lines
+        .iter()
+        .map(|l| (l.product_id.as_str(), l.weight_grams))
+        .collect();
+    let mut by_warehouse: BTreeMap<String, Parcel> = BTreeMap::new();
+    for allocation in &saga.allocations {
+        let parcel = by_warehouse
+            .entry(allocation.warehouse_id.clone())
+            .or_insert_with(|| Parcel {
+                warehouse_id: allocation.warehouse_id.clone(),
+                lat: allocation.lat,
+                lon: allocation.lon,
+                weight_grams: 0,
+            });
+        parcel.weight_grams += weights
+            .get(allocation.product_id.as_str())
+            .copied()
+            .unwrap_or(0)
+            * allocation.quantity;
+    }
+    by_warehouse.into_values().collect()
+}
+
+fn event_lines(order: &StoredOrder) -> Vec<serde_json::Value> {
+    order
+        .lines
+        .iter()
+        .map(|l| json!({"product_id": l.product_id, "quantity": l.quantity}))
+        .collect()
+}
