@@ -39,8 +39,8 @@ def bazaar():
         return
     binary = os.environ.get("BAZAAR_BIN")
     assert binary, "set BAZAAR_BIN to the bazaar binary (or BAZAAR_URL to a running system)"
-    base = _free_port_range(8)
-    gateway = base + 7
+    base = _free_port_range(16)
+    gateway = base + 15
     data = tempfile.mkdtemp(prefix="bazaar-oidc-")
     env = dict(os.environ)
     # A short grace window so the test can observe refresh-token reuse after it.

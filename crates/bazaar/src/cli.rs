@@ -56,6 +56,92 @@ pub enum Command {
     Bench(BenchArgs),
     /// Check the audit logs.
     Audit(AuditArgs),
+    /// The signed-in user's cart.
+    Cart(CartArgs),
+    /// Check out the signed-in user's cart with a card.
+    Checkout(CheckoutArgs),
+    /// The signed-in user's orders.
+    Orders(OrdersArgs),
+    /// Check that orders, stock, payments and shipments agree (after chaos).
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CartArgs {
+    #[command(subcommand)]
+    pub command: CartCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CartCommand {
+    /// Show the cart.
+    Show,
+    /// Add a quantity of a product.
+    Add {
+        product_id: String,
+        #[arg(default_value_t = 1)]
+        quantity: u32,
+    },
+    /// Set a line's quantity (0 removes it).
+    Set { product_id: String, quantity: u32 },
+    /// Remove a line.
+    Remove { product_id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct CheckoutArgs {
+    /// Card number (see `GET /api/v1/payments/test-cards`; 4242424242424242 succeeds).
+    #[arg(long, default_value = "4242424242424242")]
+    pub card: String,
+    /// Card expiry, MM/YY.
+    #[arg(long, default_value = "12/30")]
+    pub expiry: String,
+    #[arg(long, default_value = "123")]
+    pub cvc: String,
+    #[arg(long, default_value = "Demo Shopper")]
+    pub name: String,
+    #[arg(long, default_value = "1 Main Street")]
+    pub line1: String,
+    #[arg(long, default_value = "New York")]
+    pub city: String,
+    /// ISO 3166-1 alpha-2 country code.
+    #[arg(long, default_value = "US")]
+    pub country: String,
+    #[arg(long, default_value = "10001")]
+    pub postal_code: String,
+    /// Currency to charge in (default: the catalogue's).
+    #[arg(long)]
+    pub currency: Option<String>,
+    /// Reuse a key to retry a checkout without placing a second order.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Wait until the order is confirmed or cancelled.
+    #[arg(long)]
+    pub wait: bool,
+    /// Longest wait with `--wait`.
+    #[arg(long, default_value_t = 60)]
+    pub wait_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct OrdersArgs {
+    #[command(subcommand)]
+    pub command: OrdersCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrdersCommand {
+    /// The user's orders, newest first.
+    List,
+    /// One order with its saga's steps.
+    Show { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Exit 0 even when inconsistencies are found.
+    #[arg(long)]
+    pub allow_findings: bool,
 }
 
 #[derive(Debug, Args)]

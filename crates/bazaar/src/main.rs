@@ -7,8 +7,10 @@ mod bench;
 mod cli;
 mod output;
 mod products;
+mod reconcile;
 mod serve;
 mod services;
+mod shop;
 mod status;
 mod supervisor;
 
@@ -26,6 +28,10 @@ fn main() -> std::process::ExitCode {
             cli::Command::Products(args) => products::products(cli.global, args).await,
             cli::Command::Bench(args) => bench::bench(cli.global, args).await,
             cli::Command::Audit(args) => audit::audit(cli.global, args).await,
+            cli::Command::Cart(args) => shop::cart(cli.global, args).await,
+            cli::Command::Checkout(args) => shop::checkout(cli.global, args).await,
+            cli::Command::Orders(args) => shop::orders(cli.global, args).await,
+            cli::Command::Reconcile(args) => reconcile::reconcile(cli.global, args).await,
         }
     });
     match outcome {

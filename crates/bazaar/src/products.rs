@@ -82,7 +82,7 @@ pub async fn products(global: Global, args: ProductsArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn encode(segment: &str) -> String {
+pub(crate) fn encode(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| {

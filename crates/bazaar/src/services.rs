@@ -82,6 +82,102 @@ pub const SERVICES: &[ServiceSpec] = &[
         },
     },
     ServiceSpec {
+        name: bazaar_inventory::NAME,
+        replicable: true,
+        build: |s| {
+            boxed(
+                bazaar_inventory::NAME,
+                bazaar_inventory::DEFAULT_PORT,
+                s,
+                bazaar_inventory::build,
+            )
+        },
+    },
+    ServiceSpec {
+        name: bazaar_cart::NAME,
+        replicable: true,
+        build: |s| {
+            boxed(
+                bazaar_cart::NAME,
+                bazaar_cart::DEFAULT_PORT,
+                s,
+                bazaar_cart::build,
+            )
+        },
+    },
+    ServiceSpec {
+        name: bazaar_currency::NAME,
+        replicable: true,
+        build: |s| {
+            boxed(
+                bazaar_currency::NAME,
+                bazaar_currency::DEFAULT_PORT,
+                s,
+                bazaar_currency::build,
+            )
+        },
+    },
+    ServiceSpec {
+        name: bazaar_payments::NAME,
+        replicable: true,
+        build: |s| {
+            boxed(
+                bazaar_payments::NAME,
+                bazaar_payments::DEFAULT_PORT,
+                s,
+                bazaar_payments::build,
+            )
+        },
+    },
+    ServiceSpec {
+        name: bazaar_processor::NAME,
+        replicable: false,
+        build: |s| {
+            boxed(
+                bazaar_processor::NAME,
+                bazaar_processor::DEFAULT_PORT,
+                s,
+                bazaar_processor::build,
+            )
+        },
+    },
+    ServiceSpec {
+        name: bazaar_shipping::NAME,
+        replicable: true,
+        build: |s| {
+            boxed(
+                bazaar_shipping::NAME,
+                bazaar_shipping::DEFAULT_PORT,
+                s,
+                bazaar_shipping::build,
+            )
+        },
+    },
+    ServiceSpec {
+        name: bazaar_orders::NAME,
+        replicable: true,
+        build: |s| {
+            boxed(
+                bazaar_orders::NAME,
+                bazaar_orders::DEFAULT_PORT,
+                s,
+                bazaar_orders::build,
+            )
+        },
+    },
+    ServiceSpec {
+        name: bazaar_notifications::NAME,
+        replicable: true,
+        build: |s| {
+            boxed(
+                bazaar_notifications::NAME,
+                bazaar_notifications::DEFAULT_PORT,
+                s,
+                bazaar_notifications::build,
+            )
+        },
+    },
+    ServiceSpec {
         name: bazaar_gateway::NAME,
         replicable: false,
         build: |s| {

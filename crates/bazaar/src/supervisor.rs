@@ -85,6 +85,19 @@ pub struct System {
     pub env: Vec<(String, String)>,
 }
 
+/// Settings that depend on where other processes of the plan listen.
+pub fn system_env(planned: &[Planned]) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    // The card processor is an outside system: payments reaches it by URL, not by registry.
+    if let Some(processor) = planned.iter().find(|p| p.service == bazaar_processor::NAME) {
+        env.push((
+            "BAZAAR_PAYMENTS__PROCESSOR_URL".to_owned(),
+            format!("http://127.0.0.1:{}", processor.port),
+        ));
+    }
+    env
+}
+
 /// Fails, naming the port and its service, if any planned port is taken.
 fn check_ports(planned: &[Planned]) -> anyhow::Result<()> {
     for p in planned {
@@ -246,7 +259,7 @@ pub async fn up(global: Global, args: UpArgs) -> anyhow::Result<()> {
     let system = System {
         registry_url: format!("http://127.0.0.1:{registry_port}"),
         issuer: format!("http://127.0.0.1:{}", args.port),
-        env: Vec::new(),
+        env: system_env(&planned),
     };
     let shutting_down = Arc::new(AtomicBool::new(false));
     println!(

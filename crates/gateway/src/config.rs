@@ -208,6 +208,20 @@ pub fn default_routes() -> Vec<RouteConfig> {
         RouteConfig::service("/api/v1/partner/products", "catalog")
             .rewrite("/api/v1/products")
             .policy(Policy::Partner),
+        // The shop. Stock and prices are public; adjustments are admin writes.
+        RouteConfig::service("/api/v1/inventory", "inventory").write_policy(Policy::Admin),
+        RouteConfig::service("/api/v1/warehouses", "inventory"),
+        // The cart serves anonymous sessions too, and checks a token itself when one is sent.
+        RouteConfig::service("/api/v1/cart", "cart"),
+        RouteConfig::service("/api/v1/currencies", "currency"),
+        RouteConfig::service("/api/v1/payments/test-cards", "payments"),
+        RouteConfig::service("/api/v1/payments", "payments").policy(Policy::User),
+        RouteConfig::service("/api/v1/shipping", "shipping"),
+        RouteConfig::service("/api/v1/shipments", "shipping").policy(Policy::User),
+        RouteConfig::service("/api/v1/orders", "orders").policy(Policy::User),
+        RouteConfig::service("/api/v1/admin/orders", "orders").policy(Policy::Admin),
+        RouteConfig::service("/api/v1/notifications", "notifications").policy(Policy::User),
+        RouteConfig::service("/api/v1/admin/notifications", "notifications").policy(Policy::Admin),
     ]
 }
 

@@ -39,8 +39,14 @@ impl FeedReader {
         let mut backoff = Backoff::default();
         let mut leased = false;
         while !*stop.borrow() {
-            match consumer::lease(&self.db, &self.group, &self.source, &self.holder, LEASE_TTL_MS)
-                .await
+            match consumer::lease(
+                &self.db,
+                &self.group,
+                &self.source,
+                &self.holder,
+                LEASE_TTL_MS,
+            )
+            .await
             {
                 Ok(true) => {
                     if !leased {
@@ -51,7 +57,8 @@ impl FeedReader {
                 Ok(false) => {
                     leased = false;
                     // Another instance reads this feed; check again well within its lease.
-                    if wait_or_stop(&mut stop, Duration::from_millis(LEASE_TTL_MS as u64 / 3)).await {
+                    if wait_or_stop(&mut stop, Duration::from_millis(LEASE_TTL_MS as u64 / 3)).await
+                    {
                         break;
                     }
                     continue;
@@ -100,7 +107,9 @@ impl FeedReader {
                     source: &self.source,
                     expected: position,
                 };
-                match consumer::apply(&self.db, &self.group, &*self.handler, event, Some(moved)).await {
+                match consumer::apply(&self.db, &self.group, &*self.handler, event, Some(moved))
+                    .await
+                {
                     Ok(_) => position = event.sequence,
                     Err(error) if consumer::is_cursor_moved(&error) => {
                         failed = true;
@@ -114,7 +123,8 @@ impl FeedReader {
                     }
                 }
             }
-            self.lag.set(&self.group, &self.source, (page.latest - position).max(0));
+            self.lag
+                .set(&self.group, &self.source, (page.latest - position).max(0));
             if failed {
                 if wait_or_stop(&mut stop, backoff.next()).await {
                     break;
@@ -124,7 +134,8 @@ impl FeedReader {
             }
         }
         if leased {
-            let _ = consumer::release_lease(&self.db, &self.group, &self.source, &self.holder).await;
+            let _ =
+                consumer::release_lease(&self.db, &self.group, &self.source, &self.holder).await;
         }
     }
 }

@@ -87,7 +87,8 @@ async fn feed(
             format!("limit must be between 1 and {MAX_PAGE}"),
         ));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms.min(MAX_WAIT_MS));
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(query.wait_ms.min(MAX_WAIT_MS));
     loop {
         // Register interest before reading, so an append between the read and the wait is not
         // missed.

@@ -72,9 +72,9 @@ impl Messaging {
         let retention = Duration::from_secs(common.event_retention_hours.max(1) * 3600);
         let nats = match common.event_transport {
             EventTransport::Feed => None,
-            EventTransport::Nats => {
-                Some(NatsTransport::connect(&common.nats_url, &common.nats_stream, retention).await?)
-            }
+            EventTransport::Nats => Some(
+                NatsTransport::connect(&common.nats_url, &common.nats_stream, retention).await?,
+            ),
         };
         let (stop, _) = watch::channel(false);
         let messaging = Self {
@@ -124,7 +124,8 @@ impl Messaging {
         }
     }
 
-    /// Stops the relay, the consumers and retention (they also stop when the process exits).
+    /// Stops the relay, the consumers and retention (they also stop when the process exits;
+    /// dropping every `Messaging` handle does not stop them).
     pub fn stop(&self) {
         let _ = self.stop.send(true);
     }

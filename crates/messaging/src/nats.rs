@@ -1,9 +1,11 @@
 //! The NATS JetStream transport (scale-out profile). Publishing: a relay reads the outbox in
 //! sequence order and publishes each event with `Nats-Msg-Id` = event id, marking it published
 //! only after JetStream acknowledged it; a crash between the two republishes, and the stream's
-//! duplicate window drops the copy. Consuming: a durable pull consumer per (group, source);
-//! each message is applied through the inbox transaction and acknowledged after the commit, so
-//! a redelivery after a crash changes nothing (G3, G7).
+//! duplicate window drops the copy. Consuming: a durable pull consumer per (group, source) with
+//! one message in flight, so events apply in sequence order as on the feed; each message is
+//! applied through the inbox transaction and acknowledged after the commit, so a redelivery
+//! after a crash changes nothing (G3, G7). A stopping consumer hands its unapplied message back
+//! at once; one that dies leaves it to the ack wait ([`ACK_WAIT`]).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,14 +2,17 @@
 //! the state change they describe (guarantee G1), numbered by a gap-free `sequence` in commit
 //! order. The feed serves them from here; the NATS relay publishes them from here.
 //!
-//! Commit order equals sequence order because each append takes `max(sequence) + 1` under a
-//! unique key: a concurrent appender collides on the same number and is retried (PostgreSQL
-//! makes the second writer wait for the first to commit; SQLite serializes writers), so a
-//! reader never sees sequence N+1 before N is committed and a cursor never skips an event.
+//! Commit order equals sequence order because appends are serialized until commit and each
+//! takes `max(sequence) + 1`: SQLite has one writer at a time (the append's single statement
+//! takes the write lock before it reads the last number), and on PostgreSQL an append locks the
+//! table against other appenders (not readers) until its transaction ends. So a reader never
+//! sees sequence N+1 before N is committed and a cursor never skips an event. The number is
+//! also a unique key: should two appends ever compute the same one, the second fails with a
+//! unique violation, which `retry_conflicts` runs again.
 
 use std::sync::Arc;
 
-use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
+use bazaar_kit::storage::{now_ms, retry_conflicts, Database, Engine};
 use sqlx::{AnyConnection, Row};
 use tokio::sync::Notify;
 
@@ -60,9 +63,10 @@ impl Outbox {
         &self.source
     }
 
-    /// Appends `event` inside the caller's transaction. A concurrent append makes this fail
-    /// with a unique violation: run the whole transaction again
-    /// (`bazaar_kit::storage::retry_conflicts`).
+    /// Appends `event` inside the caller's transaction. Concurrent appenders wait for each
+    /// other's commit; run the transaction under `bazaar_kit::storage::retry_conflicts` all the
+    /// same (SQLite answers "locked" to a transaction whose earlier reads went stale, and
+    /// PostgreSQL may pick it as a deadlock victim).
     pub async fn append_in(
         &self,
         connection: &mut AnyConnection,
@@ -79,6 +83,13 @@ impl Outbox {
             traceparent: bazaar_kit::context::current().map(|c| c.traceparent()),
             payload: event.payload,
         };
+        if self.db.engine() == Engine::Postgres {
+            // Appenders queue here until the previous one commits, instead of colliding on the
+            // same number and redoing their whole transaction; plain reads are not blocked.
+            sqlx::query("LOCK TABLE outbox_events IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *connection)
+                .await?;
+        }
         // One statement that writes while it reads the last number: SQLite takes its write lock
         // (waiting for a concurrent writer) before reading, so the number is never stale; a
         // separate SELECT would read a snapshot another writer can overtake.
@@ -114,7 +125,11 @@ impl Outbox {
     }
 
     /// Events with `sequence > after`, oldest first, at most `limit`.
-    pub async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<EventEnvelope>, sqlx::Error> {
+    pub async fn read_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<EventEnvelope>, sqlx::Error> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM outbox_events WHERE sequence > $1 ORDER BY sequence LIMIT $2"
         ))
@@ -167,7 +182,11 @@ impl Outbox {
 
     /// Deletes events older than `older_than_ms` (Unix ms). With a broker, only events it has
     /// acknowledged go; the newest event always stays so the sequence never restarts.
-    pub async fn prune(&self, older_than_ms: i64, require_published: bool) -> Result<u64, sqlx::Error> {
+    pub async fn prune(
+        &self,
+        older_than_ms: i64,
+        require_published: bool,
+    ) -> Result<u64, sqlx::Error> {
         let published = if require_published {
             " AND published_at_ms IS NOT NULL"
         } else {

@@ -111,6 +111,16 @@ pub fn routable_catalogs(registry: u16) -> usize {
 
 /// Runs `bazaar up`, returning the process and a channel of its output lines.
 pub fn up(data_dir: &std::path::Path, gateway: u16, base: u16) -> (Proc, mpsc::Receiver<String>) {
+    up_with(data_dir, gateway, base, &[])
+}
+
+/// Runs `bazaar up` with extra `BAZAAR_...` settings in its (and its children's) environment.
+pub fn up_with(
+    data_dir: &std::path::Path,
+    gateway: u16,
+    base: u16,
+    env: &[(&str, &str)],
+) -> (Proc, mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args([
             "up",
@@ -122,6 +132,7 @@ pub fn up(data_dir: &std::path::Path, gateway: u16, base: u16) -> (Proc, mpsc::R
         ])
         .arg(data_dir)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -1,0 +1,301 @@
+//! `bazaar cart ...`, `bazaar checkout` and `bazaar orders ...`: a shopper's client, through the
+//! gateway like the storefront, signed in with `--token` / `BAZAAR_TOKEN`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use crate::cli::{CartArgs, CartCommand, CheckoutArgs, Global, OrdersArgs, OrdersCommand};
+use crate::output;
+use crate::products::encode;
+
+/// The gateway, with the caller's token on every request.
+struct Shop {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Shop {
+    fn new(global: &Global) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: global.gateway.trim_end_matches('/').to_owned(),
+            token: global.token.clone(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> anyhow::Result<Value> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach the gateway at {} (is bazaar up?)", self.base)
+        })?;
+        if !response.status().is_success() {
+            return Err(output::problem_error(response).await);
+        }
+        if response.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        response
+            .json()
+            .await
+            .context("the gateway sent invalid JSON")
+    }
+}
+
+fn need_token(global: &Global) -> anyhow::Result<()> {
+    if global.token.is_none() {
+        anyhow::bail!("this needs a signed-in user: pass --token or set BAZAAR_TOKEN");
+    }
+    Ok(())
+}
+
+pub async fn cart(global: Global, args: CartArgs) -> anyhow::Result<()> {
+    need_token(&global)?;
+    let shop = Shop::new(&global);
+    use reqwest::Method;
+    let body = match &args.command {
+        CartCommand::Show => shop.call(Method::GET, "/api/v1/cart", None, &[]).await?,
+        CartCommand::Add {
+            product_id,
+            quantity,
+        } => {
+            shop.call(
+                Method::POST,
+                "/api/v1/cart/lines",
+                Some(json!({"product_id": product_id, "quantity": quantity})),
+                &[],
+            )
+            .await?
+        }
+        CartCommand::Set {
+            product_id,
+            quantity,
+        } => {
+            shop.call(
+                Method::PUT,
+                &format!("/api/v1/cart/lines/{}", encode(product_id)),
+                Some(json!({"quantity": quantity})),
+                &[],
+            )
+            .await?
+        }
+        CartCommand::Remove { product_id } => {
+            shop.call(
+                Method::DELETE,
+                &format!("/api/v1/cart/lines/{}", encode(product_id)),
+                None,
+                &[],
+            )
+            .await?
+        }
+    };
+    let body = if body.is_null() {
+        shop.call(Method::GET, "/api/v1/cart", None, &[]).await?
+    } else {
+        body
+    };
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        print_cart(&body);
+    }
+    Ok(())
+}
+
+fn print_cart(cart: &Value) {
+    let lines = cart["lines"].as_array().cloned().unwrap_or_default();
+    if lines.is_empty() {
+        println!("the cart is empty");
+        return;
+    }
+    let rows: Vec<Vec<String>> = lines
+        .iter()
+        .map(|l| {
+            vec![
+                l["product_id"].as_str().unwrap_or_default().to_owned(),
+                l["name"].as_str().unwrap_or_default().to_owned(),
+                l["quantity"].to_string(),
+                money(&l["line_total"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(&["PRODUCT", "NAME", "QTY", "TOTAL"], &rows)
+    );
+    println!("subtotal: {}", money(&cart["subtotal"]));
+}
+
+fn money(value: &Value) -> String {
+    output::money(
+        value["amount_minor"].as_i64().unwrap_or_default(),
+        value["currency"].as_str().unwrap_or("USD"),
+    )
+}
+
+pub async fn checkout(global: Global, args: CheckoutArgs) -> anyhow::Result<()> {
+    need_token(&global)?;
+    let shop = Shop::new(&global);
+    let (exp_month, exp_year) = args
+        .expiry
+        .split_once('/')
+        .and_then(|(m, y)| Some((m.trim().parse::<u32>().ok()?, y.trim().parse::<u32>().ok()?)))
+        .map(|(m, y)| (m, if y < 100 { 2000 + y } else { y }))
+        .context("--expiry must look like MM/YY, e.g. 12/30")?;
+    let card = shop
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/payments/cards",
+            Some(json!({"number": args.card, "exp_month": exp_month, "exp_year": exp_year, "cvc": args.cvc})),
+            &[],
+        )
+        .await
+        .context("the card was not accepted")?;
+    let card_token = card["card_token"]
+        .as_str()
+        .context("payments did not return a card token")?;
+    let key = args
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut body = json!({
+        "shipping_address": {
+            "name": args.name, "line1": args.line1, "city": args.city,
+            "country": args.country, "postal_code": args.postal_code,
+        },
+        "card_token": card_token,
+    });
+    if let Some(currency) = &args.currency {
+        body["currency"] = json!(currency);
+    }
+    let placed = shop
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/orders",
+            Some(body),
+            &[("idempotency-key", key)],
+        )
+        .await?;
+    let order_id = placed["order_id"].as_str().unwrap_or_default().to_owned();
+    let mut order = placed.clone();
+    if args.wait {
+        let deadline = Instant::now() + Duration::from_secs(args.wait_seconds);
+        loop {
+            order = shop
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/orders/{order_id}"),
+                    None,
+                    &[],
+                )
+                .await?;
+            if order["status"] != "pending" || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&order)?);
+    } else {
+        println!(
+            "order {order_id}: {} {}",
+            order["status"].as_str().unwrap_or_default(),
+            order["status_reason"].as_str().unwrap_or_default()
+        );
+    }
+    if order["status"] == "cancelled" {
+        anyhow::bail!("the order was cancelled");
+    }
+    Ok(())
+}
+
+pub async fn orders(global: Global, args: OrdersArgs) -> anyhow::Result<()> {
+    need_token(&global)?;
+    let shop = Shop::new(&global);
+    match &args.command {
+        OrdersCommand::List => {
+            let body = shop
+                .call(reqwest::Method::GET, "/api/v1/orders", None, &[])
+                .await?;
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = body["orders"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|o| {
+                    vec![
+                        o["id"].as_str().unwrap_or_default().to_owned(),
+                        o["status"].as_str().unwrap_or_default().to_owned(),
+                        money(&o["total"]),
+                        o["status_reason"].as_str().unwrap_or_default().to_owned(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(&["ORDER", "STATUS", "TOTAL", "REASON"], &rows)
+            );
+        }
+        OrdersCommand::Show { id } => {
+            let order = shop
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/orders/{}", encode(id)),
+                    None,
+                    &[],
+                )
+                .await?;
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&order)?);
+                return Ok(());
+            }
+            println!("order {}", order["id"].as_str().unwrap_or_default());
+            println!(
+                "status: {} ({})",
+                order["status"].as_str().unwrap_or_default(),
+                order["status_reason"].as_str().unwrap_or_default()
+            );
+            println!("total: {}", money(&order["total"]));
+            if let Some(tracking) = order["tracking_number"].as_str() {
+                println!("tracking: {tracking}");
+            }
+            let rows: Vec<Vec<String>> = order["history"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|h| {
+                    vec![
+                        h["step"].as_str().unwrap_or_default().to_owned(),
+                        h["outcome"].as_str().unwrap_or_default().to_owned(),
+                        h["detail"].as_str().unwrap_or_default().to_owned(),
+                    ]
+                })
+                .collect();
+            print!("{}", output::table(&["STEP", "OUTCOME", "DETAIL"], &rows));
+        }
+    }
+    Ok(())
+}
