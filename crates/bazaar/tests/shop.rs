@@ -105,7 +105,47 @@ fn reconcile(registry_port: u16) -> Value {
 
 #[test]
 fn checkout_confirms_clears_the_cart_notifies_and_reconciles() {
-    let (shop, _up, _data, base_port) = Shop::start(&[]);
+    checkout_scenario(&[]);
+}
+
+/// The same checkout on the scale-out profile: a PostgreSQL database per service and NATS
+/// JetStream as the event transport (skipped, saying so, when the servers are not configured).
+#[test]
+fn checkout_on_postgres_and_nats_jetstream() {
+    let (Ok(_), Ok(nats)) = (
+        std::env::var(bazaar_kit::storage::testing::POSTGRES_ENV),
+        std::env::var("BAZAAR_TEST_NATS_URL"),
+    ) else {
+        eprintln!("BAZAAR_TEST_POSTGRES_URL and BAZAAR_TEST_NATS_URL are not both set: skipping the scale-out checkout");
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mut env: Vec<(String, String)> = vec![
+        ("BAZAAR_EVENT_TRANSPORT".into(), "nats".into()),
+        ("BAZAAR_NATS_URL".into(), nats),
+        (
+            "BAZAAR_NATS_STREAM".into(),
+            format!("TEST_SHOP_{}", uuid::Uuid::new_v4().simple()),
+        ),
+    ];
+    for service in [
+        "catalog", "identity", "developer", "inventory", "cart", "payments", "processor",
+        "shipping", "orders", "notifications",
+    ] {
+        let url = runtime
+            .block_on(bazaar_kit::storage::testing::fresh_postgres_database(service))
+            .expect("postgres database");
+        env.push((
+            format!("BAZAAR_{}__DATABASE_URL", service.to_uppercase()),
+            url,
+        ));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    checkout_scenario(&env);
+}
+
+fn checkout_scenario(env: &[(&str, &str)]) {
+    let (shop, _up, _data, base_port) = Shop::start(env);
     shop.add_to_cart("kitchen-espresso-cup-set", 2);
     shop.add_to_cart("home-brass-table-lamp", 1);
     let card = shop.card("4242424242424242");
