@@ -129,11 +129,21 @@ fn checkout_on_postgres_and_nats_jetstream() {
         ),
     ];
     for service in [
-        "catalog", "identity", "developer", "inventory", "cart", "payments", "processor",
-        "shipping", "orders", "notifications",
+        "catalog",
+        "identity",
+        "developer",
+        "inventory",
+        "cart",
+        "payments",
+        "processor",
+        "shipping",
+        "orders",
+        "notifications",
     ] {
         let url = runtime
-            .block_on(bazaar_kit::storage::testing::fresh_postgres_database(service))
+            .block_on(bazaar_kit::storage::testing::fresh_postgres_database(
+                service,
+            ))
             .expect("postgres database");
         env.push((
             format!("BAZAAR_{}__DATABASE_URL", service.to_uppercase()),
