@@ -29,17 +29,15 @@ impl Proc {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    free_port_range(1)
 }
 
-/// A run of `count` consecutive free ports.
+/// A run of `count` consecutive free ports, below the kernel's ephemeral range (32768 and up):
+/// the many outbound connections of a running system take ephemeral ports, and one of them
+/// could otherwise take a planned port before its service binds it.
 pub fn free_port_range(count: u16) -> u16 {
     for _ in 0..200 {
-        let base = 20_000 + fastrand_port() % 30_000;
+        let base = 10_000 + fastrand_port() % 22_000;
         let all_free =
             (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
         if all_free {
