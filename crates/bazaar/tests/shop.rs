@@ -160,6 +160,27 @@ fn checkout_scenario(env: &[(&str, &str)]) {
     shop.add_to_cart("home-brass-table-lamp", 1);
     let card = shop.card("4242424242424242");
 
+    // Bad input is a problem document naming the field, and places nothing.
+    let response = http()
+        .post(format!("{}/api/v1/orders", shop.base))
+        .bearer_auth(&shop.token)
+        .json(&json!({"shipping_address": {"name": "A", "line1": "B", "city": "C", "country": "US", "postal_code": "10001"}, "card_token": card}))
+        .send()
+        .expect("post");
+    assert_eq!(response.status().as_u16() / 100, 4);
+    let problem: Value = response.json().expect("problem");
+    assert_eq!(problem["field"], "Idempotency-Key", "{problem}");
+    let response = http()
+        .post(format!("{}/api/v1/orders", shop.base))
+        .bearer_auth(&shop.token)
+        .header("idempotency-key", "bad-country")
+        .json(&json!({"shipping_address": {"name": "A", "line1": "B", "city": "C", "country": "USA", "postal_code": "10001"}, "card_token": card}))
+        .send()
+        .expect("post");
+    assert_eq!(response.status().as_u16() / 100, 4);
+    let problem: Value = response.json().expect("problem");
+    assert_eq!(problem["field"], "shipping_address.country", "{problem}");
+
     let (status, placed) = shop.place("checkout-1", &card, "10001");
     assert_eq!(status, 202, "{placed}");
     let id = placed["order_id"].as_str().expect("order_id").to_owned();
