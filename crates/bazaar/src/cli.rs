@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// Where `bazaar up` keeps its data unless told otherwise; `audit` and `logs` look there too.
+pub const DEFAULT_DATA_DIR: &str = ".bazaar";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "bazaar",
@@ -37,7 +40,8 @@ pub struct Global {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Access token sent as `Authorization: Bearer` by client commands (admin writes need one).
+    /// Access token sent as `Authorization: Bearer` by client commands (default: the stored
+    /// sign-in from `bazaar login` for `--gateway`).
     #[arg(long, global = true, env = "BAZAAR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
@@ -64,6 +68,69 @@ pub enum Command {
     Orders(OrdersArgs),
     /// Check that orders, stock, payments and shipments agree (after chaos).
     Reconcile(ReconcileArgs),
+    /// Sign in through the browser (authorization code + PKCE, loopback redirect) and store
+    /// the tokens for `--gateway` in the config directory.
+    Login(LoginArgs),
+    /// Sign out: revoke the stored sign-in for `--gateway` and forget it.
+    Logout,
+    /// Who is signed in for `--gateway`.
+    Whoami,
+    /// Your API keys for the public API, their plans and usage.
+    Keys(KeysArgs),
+    /// Show a service's log file, written by `bazaar up --log-files`.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Loopback port to receive the browser's redirect on (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// How long to wait for the sign-in in the browser, e.g. `5m`, `90s`.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List your keys (never their secrets).
+    List,
+    /// Create a key; the key itself is printed this once.
+    Create {
+        /// A name to tell the key apart, 1 to 64 characters.
+        #[arg(long)]
+        name: String,
+        /// The plan (see `bazaar keys plans`).
+        #[arg(long, default_value = "free-trial")]
+        plan: String,
+    },
+    /// Revoke a key by id.
+    Revoke { id: String },
+    /// Today's and this month's usage of each key against its plan's quotas.
+    Usage,
+    /// The plans keys can be issued on.
+    Plans,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The service (or replica label, e.g. `catalog-2`) whose log to show.
+    pub service: String,
+    /// The data directory `bazaar up` used.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Lines to show from the end of the log (0: all).
+    #[arg(long, short = 'n', default_value_t = 50)]
+    pub lines: usize,
+    /// Keep printing lines as they are written.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -155,7 +222,7 @@ pub enum AuditCommand {
     /// Verify the hash chain of every service's audit log (read from its database).
     Verify {
         /// The data directory `bazaar up` uses.
-        #[arg(long, default_value = ".bazaar")]
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
         /// Check one database instead (sqlite:// or postgres://).
         #[arg(long)]
@@ -169,7 +236,7 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Where every service keeps its data (one subdirectory each).
-    #[arg(long, default_value = ".bazaar")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Start only these services (comma-separated); the registry always starts.
     #[arg(long, value_delimiter = ',')]

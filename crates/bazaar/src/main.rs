@@ -2,14 +2,19 @@
 
 use clap::Parser;
 
+mod api;
 mod audit;
 mod bench;
 mod cli;
+mod keys;
+mod login;
+mod logs;
 mod output;
 mod products;
 mod reconcile;
 mod serve;
 mod services;
+mod session;
 mod shop;
 mod status;
 mod supervisor;
@@ -32,6 +37,11 @@ fn main() -> std::process::ExitCode {
             cli::Command::Checkout(args) => shop::checkout(cli.global, args).await,
             cli::Command::Orders(args) => shop::orders(cli.global, args).await,
             cli::Command::Reconcile(args) => reconcile::reconcile(cli.global, args).await,
+            cli::Command::Login(args) => login::login(cli.global, args).await,
+            cli::Command::Logout => login::logout(cli.global).await,
+            cli::Command::Whoami => login::whoami(cli.global).await,
+            cli::Command::Keys(args) => keys::keys(cli.global, args).await,
+            cli::Command::Logs(args) => logs::logs(cli.global, args).await,
         }
     });
     match outcome {

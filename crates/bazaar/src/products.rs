@@ -8,10 +8,11 @@ use serde_json::Value;
 
 use crate::cli::{Global, ProductsArgs, ProductsCommand};
 use crate::output;
+use crate::session;
 
 pub async fn products(global: Global, args: ProductsArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    let base = global.gateway.trim_end_matches('/').to_owned();
+    let base = session::gateway_key(&global.gateway);
     let request = match &args.command {
         ProductsCommand::List {
             q,
@@ -49,7 +50,19 @@ pub async fn products(global: Global, args: ProductsArgs) -> anyhow::Result<()> 
             http.delete(format!("{base}/api/v1/products/{}", encode(id)))
         }
     };
-    let request = match &global.token {
+    // Reading the catalogue is public; writes need an admin, signed in like any user.
+    let writes = matches!(
+        args.command,
+        ProductsCommand::Create { .. }
+            | ProductsCommand::Update { .. }
+            | ProductsCommand::Delete { .. }
+    );
+    let token = if writes {
+        Some(session::user_token(&global).await?)
+    } else {
+        global.token.clone()
+    };
+    let request = match &token {
         Some(token) => request.bearer_auth(token),
         None => request,
     };

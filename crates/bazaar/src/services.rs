@@ -178,6 +178,18 @@ pub const SERVICES: &[ServiceSpec] = &[
         },
     },
     ServiceSpec {
+        name: bazaar_web::NAME,
+        replicable: true,
+        build: |s| {
+            boxed(
+                bazaar_web::NAME,
+                bazaar_web::DEFAULT_PORT,
+                s,
+                bazaar_web::build,
+            )
+        },
+    },
+    ServiceSpec {
         name: bazaar_gateway::NAME,
         replicable: false,
         build: |s| {

@@ -1,74 +1,19 @@
 //! `bazaar cart ...`, `bazaar checkout` and `bazaar orders ...`: a shopper's client, through the
-//! gateway like the storefront, signed in with `--token` / `BAZAAR_TOKEN`.
+//! gateway like the storefront, as the user `session::user_token` finds (`--token`, or the
+//! stored sign-in from `bazaar login`).
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{json, Value};
 
+use crate::api::Api;
 use crate::cli::{CartArgs, CartCommand, CheckoutArgs, Global, OrdersArgs, OrdersCommand};
 use crate::output;
 use crate::products::encode;
 
-/// The gateway, with the caller's token on every request.
-struct Shop {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
-}
-
-impl Shop {
-    fn new(global: &Global) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: global.gateway.trim_end_matches('/').to_owned(),
-            token: global.token.clone(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-        headers: &[(&str, String)],
-    ) -> anyhow::Result<Value> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.with_context(|| {
-            format!("cannot reach the gateway at {} (is bazaar up?)", self.base)
-        })?;
-        if !response.status().is_success() {
-            return Err(output::problem_error(response).await);
-        }
-        if response.status() == reqwest::StatusCode::NO_CONTENT {
-            return Ok(Value::Null);
-        }
-        response
-            .json()
-            .await
-            .context("the gateway sent invalid JSON")
-    }
-}
-
-fn need_token(global: &Global) -> anyhow::Result<()> {
-    if global.token.is_none() {
-        anyhow::bail!("this needs a signed-in user: pass --token or set BAZAAR_TOKEN");
-    }
-    Ok(())
-}
-
 pub async fn cart(global: Global, args: CartArgs) -> anyhow::Result<()> {
-    need_token(&global)?;
-    let shop = Shop::new(&global);
+    let shop = Api::signed_in(&global).await?;
     use reqwest::Method;
     let body = match &args.command {
         CartCommand::Show => shop.call(Method::GET, "/api/v1/cart", None, &[]).await?,
@@ -151,8 +96,7 @@ fn money(value: &Value) -> String {
 }
 
 pub async fn checkout(global: Global, args: CheckoutArgs) -> anyhow::Result<()> {
-    need_token(&global)?;
-    let shop = Shop::new(&global);
+    let shop = Api::signed_in(&global).await?;
     let (exp_month, exp_year) = args
         .expiry
         .split_once('/')
@@ -228,8 +172,7 @@ pub async fn checkout(global: Global, args: CheckoutArgs) -> anyhow::Result<()> 
 }
 
 pub async fn orders(global: Global, args: OrdersArgs) -> anyhow::Result<()> {
-    need_token(&global)?;
-    let shop = Shop::new(&global);
+    let shop = Api::signed_in(&global).await?;
     match &args.command {
         OrdersCommand::List => {
             let body = shop

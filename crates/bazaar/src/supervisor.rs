@@ -416,7 +416,9 @@ fn print_ready(supervised: &[Supervised], args: &UpArgs, took: Duration) {
         .any(|s| s.planned.service == bazaar_gateway::NAME);
     if has_gateway {
         for (what, url) in [
-            ("storefront/API", format!("{gateway}/")),
+            ("storefront", format!("{gateway}/")),
+            ("admin console", format!("{gateway}/admin")),
+            ("developers", format!("{gateway}/developers")),
             ("products", format!("{gateway}/api/v1/products")),
             ("API docs", format!("{gateway}/api/docs")),
             ("OpenAPI", format!("{gateway}/api/openapi.json")),

@@ -18,7 +18,7 @@ use support::*;
 async fn discovery_and_id_token_validation_with_openidconnect() {
     let data = tempfile::tempdir().expect("tempdir");
     let gateway = free_port();
-    let base = free_port_range(14);
+    let base = free_port_range(16);
     let (_up, rx) = up(data.path(), gateway, base);
     wait_for_line(&rx, "bazaar is up", Duration::from_secs(120));
     let issuer = format!("http://127.0.0.1:{gateway}");

@@ -19,7 +19,7 @@ impl Shop {
     fn start(env: &[(&str, &str)]) -> (Self, Proc, tempfile::TempDir, u16) {
         let data = tempfile::tempdir().expect("tempdir");
         let gateway = free_port();
-        let base_port = free_port_range(14);
+        let base_port = free_port_range(16);
         let (proc, rx) = up_with(data.path(), gateway, base_port, env);
         wait_for_line(&rx, "bazaar is up", Duration::from_secs(60));
         // Keep draining the supervisor's output so it never blocks on a full pipe.

@@ -34,7 +34,7 @@ impl System {
     fn start(without: &[&str], env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
         let gateway = free_port();
-        let base_port = free_port_range(14);
+        let base_port = free_port_range(16);
         let mut command = Command::new(BIN);
         command
             .args([

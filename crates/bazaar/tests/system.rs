@@ -86,7 +86,7 @@ fn gateway_survives_losing_catalog_instances_and_recovers() {
 fn up_supervises_restarts_persists_and_stops_cleanly() {
     let data = tempfile::tempdir().expect("tempdir");
     let gateway = free_port();
-    let base = free_port_range(14);
+    let base = free_port_range(16);
     let registry = format!("http://127.0.0.1:{base}");
     let gateway_url = format!("http://127.0.0.1:{gateway}");
 

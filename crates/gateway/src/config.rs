@@ -222,6 +222,9 @@ pub fn default_routes() -> Vec<RouteConfig> {
         RouteConfig::service("/api/v1/admin/orders", "orders").policy(Policy::Admin),
         RouteConfig::service("/api/v1/notifications", "notifications").policy(Policy::User),
         RouteConfig::service("/api/v1/admin/notifications", "notifications").policy(Policy::Admin),
+        // The pages (storefront, admin console, developer portal): the web service signs people
+        // in itself and calls the services with their tokens, so the route is public.
+        RouteConfig::service("/", "web"),
     ]
 }
 

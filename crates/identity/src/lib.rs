@@ -163,7 +163,9 @@ pub fn default_clients() -> Vec<ClientConfig> {
         ClientConfig {
             client_id: "storefront".into(),
             name: "bazaar storefront".into(),
+            // The web service's callback, wherever the gateway listens (see ISSUER_PLACEHOLDER).
             redirect_uris: strings(&[
+                "{issuer}/auth/callback",
                 "http://127.0.0.1:8080/auth/callback",
                 "http://localhost:8080/auth/callback",
             ]),
@@ -174,7 +176,8 @@ pub fn default_clients() -> Vec<ClientConfig> {
         ClientConfig {
             client_id: "bazaar-cli".into(),
             name: "bazaar command line".into(),
-            redirect_uris: strings(&["http://127.0.0.1:8765/callback"]),
+            // No port: any loopback port matches (RFC 8252 §7.3), the CLI binds an ephemeral one.
+            redirect_uris: strings(&["http://127.0.0.1/callback"]),
             grant_types: strings(&["authorization_code", "refresh_token"]),
             scopes: strings(&user_scopes),
             ..ClientConfig::default()
@@ -294,7 +297,7 @@ pub async fn open(url: &str, config: &Config) -> anyhow::Result<Repository> {
     let repository = Repository::new(db);
     for client in &config.clients {
         repository
-            .upsert_client(&stored_client(client).await?)
+            .upsert_client(&stored_client(client, &config.issuer).await?)
             .await?;
     }
     if config.seed_users {
@@ -312,7 +315,11 @@ pub async fn open(url: &str, config: &Config) -> anyhow::Result<Repository> {
     Ok(repository)
 }
 
-async fn stored_client(client: &ClientConfig) -> anyhow::Result<StoredClient> {
+/// Stands for the issuer (the gateway's public URL) in a configured redirect URI, so a
+/// first-party client's callback follows the gateway to whatever address it is given.
+pub const ISSUER_PLACEHOLDER: &str = "{issuer}";
+
+async fn stored_client(client: &ClientConfig, issuer: &str) -> anyhow::Result<StoredClient> {
     if client.client_id.is_empty() {
         anyhow::bail!("clients: a client has an empty client_id");
     }
@@ -329,7 +336,11 @@ async fn stored_client(client: &ClientConfig) -> anyhow::Result<StoredClient> {
             client.name.clone()
         },
         secret_hash,
-        redirect_uris: client.redirect_uris.clone(),
+        redirect_uris: client
+            .redirect_uris
+            .iter()
+            .map(|uri| uri.replace(ISSUER_PLACEHOLDER, issuer.trim_end_matches('/')))
+            .collect(),
         grant_types: client.grant_types.clone(),
         scopes: client.scopes.clone(),
         audiences: client.audiences.clone(),

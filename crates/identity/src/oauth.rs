@@ -5,10 +5,12 @@
 //! (`{error, error_description}`), not problem documents, because that is what OAuth client
 //! libraries parse. The authorization endpoint shows an HTML error page, and never redirects,
 //! when the client is unknown or the `redirect_uri` is not one of its registered URIs (exact
-//! string match): redirecting there would make us an open redirector. Once the redirect URI is
-//! trusted, errors go back to it as `error` parameters. Configured clients are first-party and
-//! get implicit consent; clients registered through the admin API are third-party, and the
-//! signed-in user is shown a consent form (CSRF-protected like the login form) each time.
+//! string match, except that a loopback URI registered without a port accepts any port, RFC
+//! 8252 §7.3, see `redirect_uri_registered`): redirecting there would make us an open
+//! redirector. Once the redirect URI is trusted, errors go back to it as `error` parameters.
+//! Configured clients are first-party and get implicit consent; clients registered through the
+//! admin API are third-party, and the signed-in user is shown a consent form (CSRF-protected
+//! like the login form) each time.
 //!
 //! Authorization codes are single-use: redeeming marks the code used in the same statement
 //! that checks it was not; a second redemption answers `invalid_grant` and revokes the token
@@ -226,6 +228,56 @@ fn error_page(status: StatusCode, message: &str) -> Response {
     response
 }
 
+/// Whether `requested` is one of the client's `registered` redirect URIs.
+///
+/// Exact string match, with one exception from RFC 8252 §7.3 (native apps): a registered
+/// `http` URI on a loopback IP literal (`127.0.0.1` or `[::1]`) written *without a port*
+/// accepts any port, because a native app binds whatever ephemeral port is free when it signs
+/// in. Scheme, host, path and query must still be equal, and the requested URI must already be
+/// in canonical form, so what the browser is sent to is exactly what was asked for. A loopback
+/// URI registered with a port (the storefront's) stays an exact match, as does everything else.
+fn redirect_uri_registered(registered: &[String], requested: &str) -> bool {
+    registered
+        .iter()
+        .any(|r| r == requested || loopback_any_port(r, requested))
+}
+
+fn loopback_any_port(registered: &str, requested: &str) -> bool {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use url::Host;
+    let (Ok(reg), Ok(req)) = (url::Url::parse(registered), url::Url::parse(requested)) else {
+        return false;
+    };
+    let loopback = match reg.host() {
+        Some(Host::Ipv4(ip)) => ip == Ipv4Addr::LOCALHOST,
+        Some(Host::Ipv6(ip)) => ip == Ipv6Addr::LOCALHOST,
+        _ => false,
+    };
+    let plain =
+        |u: &url::Url| u.scheme() == "http" && u.username().is_empty() && u.password().is_none();
+    loopback
+        && plain(&reg)
+        && plain(&req)
+        && !has_explicit_port(registered)
+        && req.as_str() == requested
+        && req.host() == reg.host()
+        && req.path() == reg.path()
+        && req.query() == reg.query()
+        && req.fragment().is_none()
+}
+
+/// Whether the authority of an absolute URI names a port (`url` drops a default `:80`, so
+/// the text is looked at: `http://127.0.0.1:80/cb` is a registration of port 80, not "any").
+fn has_explicit_port(uri: &str) -> bool {
+    let authority = uri.split_once("://").map_or("", |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or("")
+    });
+    // A colon after the last `]` (or in a host without brackets) starts a port.
+    authority
+        .rfind(':')
+        .is_some_and(|i| !authority[i..].contains(']'))
+}
+
 /// A redirect to the (trusted) redirect URI with `params` added to its query.
 fn redirect_with(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
     let Ok(mut url) = url::Url::parse(redirect_uri) else {
@@ -332,7 +384,7 @@ async fn authorize_request(
     let Some(redirect_uri) = get("redirect_uri") else {
         return error_page(StatusCode::BAD_REQUEST, "redirect_uri is missing");
     };
-    if !client.redirect_uris.iter().any(|u| u == redirect_uri) {
+    if !redirect_uri_registered(&client.redirect_uris, redirect_uri) {
         return error_page(
             StatusCode::BAD_REQUEST,
             "redirect_uri is not registered for this client",
@@ -1120,4 +1172,51 @@ pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Resp
         info["name"] = json!(user.name);
     }
     no_store_json(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registrations_without_a_port_accept_any_port_and_nothing_else() {
+        let cli = ["http://127.0.0.1/callback".to_owned()];
+        assert!(redirect_uri_registered(&cli, "http://127.0.0.1/callback"));
+        assert!(redirect_uri_registered(
+            &cli,
+            "http://127.0.0.1:49152/callback"
+        ));
+        for refused in [
+            "http://127.0.0.1:49152/callback/",
+            "http://127.0.0.1:49152/other",
+            "http://127.0.0.1:49152/callback?x=1",
+            "http://127.0.0.1:49152/callback#f",
+            "http://127.0.0.1:49152/x/../callback",
+            "http://localhost:49152/callback",
+            "http://[::1]:49152/callback",
+            "https://127.0.0.1:49152/callback",
+            "http://user@127.0.0.1:49152/callback",
+        ] {
+            assert!(!redirect_uri_registered(&cli, refused), "{refused}");
+        }
+        let v6 = ["http://[::1]/cb".to_owned()];
+        assert!(redirect_uri_registered(&v6, "http://[::1]:5000/cb"));
+        assert!(!redirect_uri_registered(&v6, "http://127.0.0.1:5000/cb"));
+
+        // With a port (even the default one), a loopback URI is an exact match.
+        for registered in [
+            "http://127.0.0.1:8080/auth/callback",
+            "http://127.0.0.1:80/cb",
+        ] {
+            let list = [registered.to_owned()];
+            assert!(redirect_uri_registered(&list, registered));
+            let other = registered.replace(":8080", ":8081").replace(":80/", ":81/");
+            assert!(!redirect_uri_registered(&list, &other), "{other}");
+        }
+        // Not loopback: exact only.
+        let remote = ["http://shop.test/cb".to_owned()];
+        assert!(!redirect_uri_registered(&remote, "http://shop.test:81/cb"));
+        assert!(has_explicit_port("http://[::1]:80/x"));
+        assert!(!has_explicit_port("http://[::1]/x"));
+    }
 }

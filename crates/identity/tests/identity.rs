@@ -746,6 +746,83 @@ async fn flow_bad_client_or_redirect_uri_never_redirects() {
     assert_eq!(body["error"], "invalid_grant");
 }
 
+/// RFC 8252 §7.3: the CLI's loopback redirect URI is registered without a port, so any port
+/// the CLI happened to bind is accepted, with the same scheme, host and path; everything else,
+/// and the storefront's loopback URI registered with a port, stays an exact match.
+#[tokio::test]
+async fn flow_loopback_redirect_accepts_any_port_for_the_cli_only() {
+    let server = spawn().await;
+    let session = server
+        .sign_in("shopper@bazaar.test", "shopper-pass-1")
+        .await;
+    let authorize = |client_id: &'static str, redirect_uri: String, challenge: String| {
+        let path = server.authorize_path(&Authorization {
+            client_id,
+            redirect_uri: &redirect_uri,
+            scope: "openid offline_access",
+            challenge: Some(&challenge),
+            method: Some("S256"),
+        });
+        let request = server
+            .http
+            .get(server.url(&path))
+            .header("cookie", format!("bazaar_session={session}"));
+        async move { request.send().await.expect("send") }
+    };
+
+    for port in [49152_u16, 8765, 61000] {
+        let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+        let (verifier, challenge) = pkce();
+        let response = authorize("bazaar-cli", redirect_uri.clone(), challenge).await;
+        assert_eq!(response.status(), StatusCode::FOUND, "port {port}");
+        let to_client = location(&response);
+        assert!(
+            to_client.starts_with(&format!("{redirect_uri}?")),
+            "{to_client}"
+        );
+        let code = query_params(&to_client)["code"].clone();
+        // The code is bound to the port it was sent to.
+        let other = format!("http://127.0.0.1:{}/callback", port + 1);
+        let (status, body) = server
+            .redeem("bazaar-cli", &other, &code, &verifier, None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"], "invalid_grant");
+        let (status, body) = server
+            .redeem("bazaar-cli", &redirect_uri, &code, &verifier, None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["refresh_token"].is_string(), "{body}");
+    }
+
+    for (client_id, redirect_uri) in [
+        ("bazaar-cli", "http://127.0.0.1:49152/other"),
+        ("bazaar-cli", "http://127.0.0.1:49152/callback/extra"),
+        ("bazaar-cli", "http://localhost:49152/callback"),
+        ("bazaar-cli", "http://[::1]:49152/callback"),
+        ("bazaar-cli", "http://127.0.0.2:49152/callback"),
+        ("bazaar-cli", "https://127.0.0.1:49152/callback"),
+        ("bazaar-cli", "http://evil.test:49152/callback"),
+        // The storefront registered its loopback URI with a port: exact match only.
+        ("storefront", "http://127.0.0.1:8081/auth/callback"),
+        ("storefront", "http://127.0.0.1/auth/callback"),
+    ] {
+        let (_, challenge) = pkce();
+        let response = authorize(client_id, redirect_uri.to_owned(), challenge).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{client_id} {redirect_uri}"
+        );
+        assert!(response.headers().get(LOCATION).is_none());
+        assert!(response.text().await.unwrap().contains("refused"));
+    }
+    let (_, challenge) = pkce();
+    let response = authorize("storefront", STOREFRONT_REDIRECT.to_owned(), challenge).await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert!(location(&response).starts_with(STOREFRONT_REDIRECT));
+}
+
 #[tokio::test]
 async fn flow_code_reuse_is_refused_and_revokes_the_first_tokens() {
     let server = spawn().await;

@@ -63,6 +63,10 @@ impl StepError {
                 reason: format!("{service} answered an undecodable body: {source}"),
                 service,
             },
+            CallError::Encode { service, reason } => StepError::Unavailable {
+                reason: format!("cannot encode the request to {service}: {reason}"),
+                service,
+            },
             CallError::Token { audience, reason } => StepError::Unavailable {
                 reason: format!("no token for {audience}: {reason}"),
                 service: "identity".to_owned(),

@@ -76,7 +76,8 @@ fn unavailable(error: &CallError) -> ApiError {
         CallError::Timeout { service }
         | CallError::Transport { service, .. }
         | CallError::Status { service, .. }
-        | CallError::Decode { service, .. } => service.as_str(),
+        | CallError::Decode { service, .. }
+        | CallError::Encode { service, .. } => service.as_str(),
         CallError::Token { audience, .. } => audience.as_str(),
     };
     ApiError::unavailable(

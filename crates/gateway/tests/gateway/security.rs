@@ -476,7 +476,9 @@ async fn internal_paths_are_never_routed() {
 }
 
 fn default_routes_with_root(root: &str) -> Vec<RouteConfig> {
+    // The defaults send `/` to the web service; this root replaces it.
     let mut routes = bazaar_gateway::default_routes();
+    routes.retain(|route| route.prefix != "/");
     routes.push(RouteConfig::upstream("/", root));
     routes
 }
