@@ -164,7 +164,7 @@ fn up_supervises_restarts_persists_and_stops_cleanly() {
         "--gateway",
         &gateway_url,
     ]);
-    assert!(!ok && out.contains("401"), "{out}");
+    assert!(!ok && out.contains("not signed in"), "{out}");
     let (ok, out) = cli(&[
         "products",
         "update",

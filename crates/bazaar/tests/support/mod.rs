@@ -169,8 +169,16 @@ pub fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, timeout: Duratio
     }
 }
 
+/// Runs the CLI with no stored sign-in (an empty config directory of its own), so the machine's
+/// own `bazaar login` never leaks into a test.
 pub fn cli(args: &[&str]) -> (bool, String) {
-    let output = Command::new(BIN).args(args).output().expect("run bazaar");
+    let config_dir =
+        std::env::temp_dir().join(format!("bazaar-test-config-{}", std::process::id()));
+    let output = Command::new(BIN)
+        .args(args)
+        .env("BAZAAR_CONFIG_DIR", &config_dir)
+        .output()
+        .expect("run bazaar");
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned()
