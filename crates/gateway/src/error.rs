@@ -166,3 +166,55 @@ pub fn upstream_timeout(target: &str, timeout_ms: u128) -> ApiError {
     )
     .detail(format!("{target} did not answer within {timeout_ms} ms"))
 }
+
+/// Whether a request is a browser navigation (it prefers HTML), which should see a page rather
+/// than a problem document when the gateway cannot reach the upstream.
+pub fn wants_html(method: &http::Method, headers: &http::HeaderMap) -> bool {
+    (*method == http::Method::GET || *method == http::Method::HEAD)
+        && headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// `error` as a small HTML page (same status and headers), for a browser: a person sees what
+/// is wrong and that it is temporary, instead of a JSON document or a blank page.
+pub fn as_html_page(error: ApiError) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let problem = error.to_problem();
+    let escape = |text: &str| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let detail = problem.detail.as_deref().unwrap_or(&problem.title);
+    let page = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · bazaar</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;\
+         padding:0 1rem;line-height:1.5;color:#1f2328}}.detail{{color:#b42318}}</style></head>\
+         <body><main><h1>{title}</h1><p class=\"detail\">{detail}</p>\
+         <p>This is usually temporary: please try again in a moment.</p>\
+         <p class=\"muted\">Status {status} · request {request_id}</p></main></body></html>",
+        title = escape(&problem.title),
+        detail = escape(detail),
+        status = problem.status,
+        request_id = escape(problem.request_id.as_deref().unwrap_or("-")),
+    );
+    let status = error.status;
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+        .into_response();
+    for (name, value) in error.headers {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}

@@ -52,6 +52,7 @@ pub async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response
             .into_response();
     };
     let (parts, body) = request.into_parts();
+    let browser = error::wants_html(&parts.method, &parts.headers);
     let policy = route.policy_for(&parts.method);
     let admitted = if has_dot_segment(parts.uri.path()) {
         Err(error::invalid_path())
@@ -61,9 +62,12 @@ pub async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response
     let response = match admitted {
         Ok(admission) => {
             let extra = admission.response.clone();
-            let mut response = forward(&gateway, route, parts, body, admission)
-                .await
-                .unwrap_or_else(IntoResponse::into_response);
+            let mut response = match forward(&gateway, route, parts, body, admission).await {
+                Ok(response) => response,
+                // The upstream is down or silent: a person gets a page, a program a problem.
+                Err(failed) if browser => error::as_html_page(failed),
+                Err(failed) => failed.into_response(),
+            };
             for (name, value) in extra {
                 response.headers_mut().insert(name, value);
             }

@@ -420,6 +420,35 @@ async fn routes_by_longest_prefix_rewrite_and_forwarded_headers() {
 }
 
 #[tokio::test]
+async fn a_browser_gets_a_page_and_a_program_a_problem_when_the_upstream_is_down() {
+    // The default routes send `/` to the web service, which is not running here.
+    let gw = gateway(Config::default(), fixed(vec![])).await;
+    let client = http();
+    let response = client
+        .get(format!("{}/search?q=mug", gw.url))
+        .header("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8")
+        .send()
+        .await
+        .expect("browser request");
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/html"));
+    let page = response.text().await.expect("text");
+    assert!(
+        page.contains("no healthy instance of web") && page.contains("try again"),
+        "{page}"
+    );
+
+    let (status, headers, body) = get_json(&client, &format!("{}/search?q=mug", gw.url)).await;
+    assert_eq!(status, 503);
+    assert_problem(&headers, &body, "no_healthy_upstream");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_route_is_a_404_problem() {
     let gw = gateway(without_root(Config::default()), fixed(vec![])).await;
     let (status, headers, body) = get_json(&http(), &format!("{}/nope/at/all", gw.url)).await;
