@@ -197,6 +197,7 @@ test('a shopper registers, searches, fills a cart signed out, signs in, and chec
   await shot(page, '02-register');
   await page.getByRole('button', { name: 'Create account' }).click();
   await page.waitForURL(/\/login\?/);
+  assert.equal(await page.getByLabel('Email').inputValue(), shopper.email, 'the new email is prefilled');
 
   // Search, with the filters, then a product page with stock and a shipping estimate.
   await page.goto(system.base);

@@ -302,7 +302,22 @@ pub async fn login_page(
     Query(query): Query<LoginQuery>,
 ) -> Response {
     let return_to = safe_return_to(query.return_to.as_deref());
-    form_response(&state, StatusCode::OK, &return_to, "", None)
+    form_response(&state, StatusCode::OK, &return_to, &login_hint(&return_to), None)
+}
+
+/// The `login_hint` (OpenID Connect Core §3.1.2.1) of the authorization request this sign-in
+/// returns to, which prefills the email (e.g. just after registering); empty when there is none.
+fn login_hint(return_to: &str) -> String {
+    let Some((path, query)) = return_to.split_once('?') else {
+        return String::new();
+    };
+    if path != "/oauth2/authorize" {
+        return String::new();
+    }
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "login_hint")
+        .map(|(_, value)| value.chars().take(254).collect())
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Deserialize)]
@@ -429,6 +444,17 @@ pub async fn logout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_login_hint_of_the_authorization_request_prefills_the_email() {
+        assert_eq!(
+            login_hint("/oauth2/authorize?client_id=storefront&login_hint=a%40b.test&state=x"),
+            "a@b.test"
+        );
+        assert_eq!(login_hint("/oauth2/authorize?client_id=storefront"), "");
+        assert_eq!(login_hint("/elsewhere?login_hint=a%40b.test"), "");
+        assert_eq!(login_hint("/"), "");
+    }
 
     #[test]
     fn return_to_allows_only_relative_paths() {
