@@ -302,7 +302,13 @@ pub async fn login_page(
     Query(query): Query<LoginQuery>,
 ) -> Response {
     let return_to = safe_return_to(query.return_to.as_deref());
-    form_response(&state, StatusCode::OK, &return_to, &login_hint(&return_to), None)
+    form_response(
+        &state,
+        StatusCode::OK,
+        &return_to,
+        &login_hint(&return_to),
+        None,
+    )
 }
 
 /// The `login_hint` (OpenID Connect Core §3.1.2.1) of the authorization request this sign-in
