@@ -290,6 +290,32 @@ impl IntoResponse for PageError {
     }
 }
 
+/// A submitted form, like `axum::Form`, but a form that does not parse (a quantity that is not
+/// a number, a missing field) is answered with the error page naming what was wrong, not a bare
+/// text response.
+#[derive(Debug, Clone)]
+pub struct WebForm<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for WebForm<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = PageError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, PageError> {
+        match axum::Form::<T>::from_request(request, state).await {
+            Ok(axum::Form(value)) => Ok(WebForm(value)),
+            Err(rejection) => Err(PageError::new(
+                StatusCode::BAD_REQUEST,
+                "That form was not filled in correctly",
+                // axum's text names the field and the problem ("quantity: invalid digit...").
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,6 @@
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bazaar_kit::storage::now_ms;
@@ -17,7 +16,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::backend::{query_value, Caller};
-use crate::pages::{render, render_status, PageError};
+use crate::pages::{render, render_status, PageError, WebForm};
 use crate::sessions::{random_token, PendingSignin, SignedIn};
 use crate::visitor::{cookie_value, set_cookie, Visitor, CART_COOKIE, SESSION_COOKIE};
 use crate::AppState;
@@ -329,7 +328,7 @@ pub async fn register_page(State(state): State<AppState>, visitor: Visitor) -> R
 pub async fn register(
     State(state): State<AppState>,
     visitor: Visitor,
-    Form(form): Form<RegistrationForm>,
+    WebForm(form): WebForm<RegistrationForm>,
 ) -> Response {
     let created = state
         .backend

@@ -6,12 +6,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::backend::{query_value, BackendError, BackendResult};
-use crate::pages::{render, render_status, PageError};
+use crate::pages::{render, render_status, PageError, WebForm};
 use crate::signin::safe_return_to;
 use crate::visitor::{set_cookie, Visitor, CURRENCY_COOKIE};
 use crate::AppState;
@@ -262,7 +262,7 @@ struct CartLineForm {
 async fn cart_add(
     State(state): State<AppState>,
     visitor: Visitor,
-    Form(form): Form<CartLineForm>,
+    WebForm(form): WebForm<CartLineForm>,
 ) -> Result<Response, PageError> {
     let body = json!({"product_id": form.product_id, "quantity": form.quantity});
     state
@@ -283,7 +283,7 @@ async fn cart_add(
 async fn cart_update(
     State(state): State<AppState>,
     visitor: Visitor,
-    Form(form): Form<CartLineForm>,
+    WebForm(form): WebForm<CartLineForm>,
 ) -> Result<Response, PageError> {
     let path = format!("/api/v1/cart/lines/{}", query_value(&form.product_id));
     let body = json!({"quantity": form.quantity});
@@ -304,7 +304,7 @@ struct CurrencyForm {
 /// `POST /currency`: remembers the visitor's currency.
 async fn choose_currency(
     State(state): State<AppState>,
-    Form(form): Form<CurrencyForm>,
+    WebForm(form): WebForm<CurrencyForm>,
 ) -> Result<Response, PageError> {
     if !state.config.display_currencies.contains(&form.currency) {
         return Err(PageError::new(
@@ -418,7 +418,7 @@ fn parse_expiry(expiry: &str) -> Option<(u32, u32)> {
 async fn checkout(
     State(state): State<AppState>,
     visitor: Visitor,
-    Form(form): Form<CheckoutForm>,
+    WebForm(form): WebForm<CheckoutForm>,
 ) -> Response {
     if let Some(signin) = visitor.signin_redirect() {
         return signin;

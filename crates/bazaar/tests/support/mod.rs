@@ -230,7 +230,7 @@ fn absolute(base: &str, location: &str) -> String {
     }
 }
 
-fn form_value(html: &str, name: &str) -> String {
+pub fn form_value(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     html.split(&marker)
         .nth(1)
