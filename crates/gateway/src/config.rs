@@ -203,11 +203,13 @@ pub fn default_routes() -> Vec<RouteConfig> {
         // The commercial product feed, for API-key holders within their plan.
         RouteConfig::service("/api/v1/feed/products", "catalog")
             .rewrite("/api/v1/products")
-            .policy(Policy::ApiKey),
+            .policy(Policy::ApiKey)
+            .write_policy(Policy::Admin),
         // The partner feed, for partners' own systems (client-credentials tokens).
         RouteConfig::service("/api/v1/partner/products", "catalog")
             .rewrite("/api/v1/products")
-            .policy(Policy::Partner),
+            .policy(Policy::Partner)
+            .write_policy(Policy::Admin),
         // The shop. Stock and prices are public; adjustments are admin writes.
         RouteConfig::service("/api/v1/inventory", "inventory").write_policy(Policy::Admin),
         RouteConfig::service("/api/v1/warehouses", "inventory"),

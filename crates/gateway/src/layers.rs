@@ -43,6 +43,7 @@ pub fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
             header::IF_MATCH,
             header::IF_NONE_MATCH,
             HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("x-api-key"),
             HeaderName::from_static(bazaar_kit::context::REQUEST_ID),
             HeaderName::from_static(bazaar_kit::context::TRACEPARENT),
         ])
@@ -50,6 +51,9 @@ pub fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
             header::ETAG,
             header::LOCATION,
             header::RETRY_AFTER,
+            // Rate limits and quotas (draft-ietf-httpapi-ratelimit-headers), for API-key clients.
+            HeaderName::from_static("ratelimit"),
+            HeaderName::from_static("ratelimit-policy"),
             HeaderName::from_static(bazaar_kit::context::REQUEST_ID),
         ])
         .max_age(Duration::from_secs(600)))

@@ -206,7 +206,16 @@ where
                 };
                 let served_here = resolve(&public).is_some_and(|r| std::ptr::eq(r, *route));
                 if served_here && !paths.contains_key(&public) {
-                    paths.insert(public, item.clone());
+                    // Who may call it, as the gateway enforces it (the developer portal shows it).
+                    let mut item = item.clone();
+                    if let Value::Object(fields) = &mut item {
+                        fields.insert("x-bazaar-policy".to_owned(), json!(route.policy.as_str()));
+                        fields.insert(
+                            "x-bazaar-write-policy".to_owned(),
+                            json!(route.write_policy.as_str()),
+                        );
+                    }
+                    paths.insert(public, item);
                 }
             }
         }
@@ -264,13 +273,15 @@ fn take_object(document: &mut Value, key: &str) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RouteConfig;
+    use crate::config::{Policy, RouteConfig};
     use crate::routes::RouteTable;
 
     #[test]
     fn keeps_only_routed_paths_in_public_form_and_names_missing_services() {
         let table = RouteTable::new(&[
-            RouteConfig::service("/api/v1/registry", "registry").rewrite("/api/v1"),
+            RouteConfig::service("/api/v1/registry", "registry")
+                .rewrite("/api/v1")
+                .policy(Policy::Admin),
             RouteConfig::service("/api/v1/registry/secret", "other"),
             RouteConfig::service("/api/v1/products", "catalog"),
         ])
@@ -305,6 +316,15 @@ mod tests {
         let paths = merged["paths"].as_object().expect("paths");
         assert!(paths.contains_key("/api/docs"));
         assert!(paths.contains_key("/api/v1/registry/services"));
+        // Each routed path says who may call it, as the gateway enforces it.
+        assert_eq!(
+            paths["/api/v1/registry/services"]["x-bazaar-policy"],
+            "admin"
+        );
+        assert_eq!(
+            paths["/api/v1/registry/services"]["x-bazaar-write-policy"],
+            "admin"
+        );
         assert!(
             !paths.contains_key("/api/v1/registry/secret"),
             "shadowed by a more specific route"

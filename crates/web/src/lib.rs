@@ -212,10 +212,26 @@ pub async fn service(
         refreshing: Arc::default(),
         metrics: admin::MetricsSampler::start(discovery),
     };
-    Ok(
-        Service::new(common, router(state)).ready_when("database", move || {
+    Ok(Service::new(common, router(state))
+        .with_openapi(openapi())
+        .ready_when("database", move || {
             let db = db.clone();
             async move { db.ping().await }
-        }),
-    )
+        }))
+}
+
+/// The web service's OpenAPI document: it serves pages, not an API, so the document has no
+/// operations; publishing it tells the gateway's merged document that nothing is missing.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    utoipa::openapi::OpenApiBuilder::new()
+        .info(
+            utoipa::openapi::InfoBuilder::new()
+                .title("bazaar web")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "HTML pages (storefront, admin console, developer portal); no JSON API.",
+                ))
+                .build(),
+        )
+        .build()
 }
