@@ -367,3 +367,48 @@ test('with orders frozen the shop still browses, and a checkout waits for shippi
   await shot(page, '15-order-confirmed-after-shipping-returned');
   await context.close();
 });
+
+test('a developer creates an API key, calls the API with it from the portal, and sees the usage', async () => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  await page.goto(`${system.base}/developers`);
+  await assert.doesNotReject(page.getByTestId('plans').waitFor());
+  await shot(page, '16-portal');
+  await page.getByTestId('cta-signin').click();
+  await fillLogin(page, shopper);
+  await page.waitForURL(/\/developers\/keys$/);
+
+  await page.locator('#key-name').fill('browser-app');
+  await page.locator('#key-plan').selectOption('free-trial');
+  await page.getByTestId('create-key').click();
+  const key = (await page.getByTestId('new-key').textContent()).trim();
+  assert.match(key, /^bzr_/, 'the new key is shown once');
+  await shot(page, '17-portal-new-key');
+
+  // The try form (filled with the new key) calls the gateway from the browser.
+  await page.getByTestId('try-send').click();
+  const result = page.getByTestId('try-result');
+  await assert.doesNotReject(result.and(page.locator('[data-status="200"]')).waitFor());
+  assert.match(await result.textContent(), /"items"/);
+  await shot(page, '18-portal-try');
+
+  // The key works from outside the browser too, and the call is counted.
+  const direct = await fetch(`${system.base}/api/v1/feed/products?per_page=1`, { headers: { 'x-api-key': key } });
+  assert.equal(direct.status, 200);
+  await page.goto(`${system.base}/developers/usage`);
+  const deadline = Date.now() + 30_000;
+  let counted = 0;
+  while (Date.now() < deadline) {
+    counted = Number(await page.getByTestId('day-usage').first().getAttribute('data-count'));
+    if (counted >= 2) break;
+    await page.waitForTimeout(500);
+    await page.reload();
+  }
+  assert.ok(counted >= 2, `usage counts the two calls (saw ${counted})`);
+  await shot(page, '19-portal-usage');
+
+  // A key is shown once: the keys page never shows it again.
+  await page.goto(`${system.base}/developers/keys`);
+  assert.ok(!(await page.content()).includes(key), 'the key is not shown again');
+  await context.close();
+});
