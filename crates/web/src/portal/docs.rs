@@ -7,13 +7,11 @@
 //!
 //! Where the tier comes from, first match wins:
 //! 1. an `x-bazaar-policy` extension on the operation, or `x-bazaar-policy` /
-//!    `x-bazaar-write-policy` on its path item (the gateway's route policy, should the merged
-//!    document carry it);
+//!    `x-bazaar-write-policy` on its path item: the policy the gateway enforces on the route,
+//!    which the gateway writes into every path of its merged document;
 //! 2. the operation's (or the document's) OpenAPI `security` requirements;
-//! 3. [`GATEWAY_POLICIES`], a copy of the gateway's default route policies, raised to what the
-//!    service itself documents (a `403 Not an admin` means admin; a `401 Not signed in` on a
-//!    public route means a user token). The gateway's merged document carries neither 1 nor 2
-//!    today, so this is what the page usually shows.
+//! 3. public, raised to what the service itself documents (a `403 Not an admin` means admin; a
+//!    `401 Not signed in` means a user token) — for a document from elsewhere that says neither.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -69,28 +67,6 @@ impl Tier {
         }
     }
 }
-
-/// The gateway's default route policies: (public path prefix, tier for reads, tier for writes).
-/// A copy of `default_routes()` in crates/gateway/src/config.rs, used only while the merged
-/// document does not say itself; keep the two in step.
-pub const GATEWAY_POLICIES: &[(&str, Tier, Tier)] = &[
-    ("/api/v1/products", Tier::Public, Tier::Admin),
-    ("/api/v1/categories", Tier::Public, Tier::Admin),
-    ("/api/v1/registry", Tier::Admin, Tier::Admin),
-    ("/api/v1/developer/plans", Tier::Public, Tier::Public),
-    ("/api/v1/developer", Tier::User, Tier::User),
-    ("/api/v1/admin/usage", Tier::Admin, Tier::Admin),
-    ("/api/v1/feed/products", Tier::ApiKey, Tier::ApiKey),
-    ("/api/v1/partner/products", Tier::Partner, Tier::Partner),
-    ("/api/v1/inventory", Tier::Public, Tier::Admin),
-    ("/api/v1/payments/test-cards", Tier::Public, Tier::Public),
-    ("/api/v1/payments", Tier::User, Tier::User),
-    ("/api/v1/shipments", Tier::User, Tier::User),
-    ("/api/v1/orders", Tier::User, Tier::User),
-    ("/api/v1/admin/orders", Tier::Admin, Tier::Admin),
-    ("/api/v1/notifications", Tier::User, Tier::User),
-    ("/api/v1/admin/notifications", Tier::Admin, Tier::Admin),
-];
 
 /// Methods listed in a path item, in the order the page shows them.
 const METHODS: &[&str] = &["get", "post", "put", "patch", "delete", "head", "options"];
@@ -167,7 +143,7 @@ pub fn from_openapi(document: &Value, public_url: &str) -> ApiDocs {
             let Some(operation) = item.get(*method).filter(|o| o.is_object()) else {
                 continue;
             };
-            let tier = tier_of(document, path, item, method, operation);
+            let tier = tier_of(document, item, method, operation);
             let entry = Operation {
                 method: method.to_ascii_uppercase(),
                 path: path.clone(),
@@ -237,13 +213,7 @@ pub fn from_openapi(document: &Value, public_url: &str) -> ApiDocs {
 }
 
 /// The access tier of one operation (see the module documentation for the order of sources).
-pub fn tier_of(
-    document: &Value,
-    path: &str,
-    item: &Value,
-    method: &str,
-    operation: &Value,
-) -> Tier {
+pub fn tier_of(document: &Value, item: &Value, method: &str, operation: &Value) -> Tier {
     let writes = !matches!(method, "get" | "head" | "options");
     let declared = |value: Option<&Value>| value.and_then(Value::as_str).and_then(Tier::parse);
     if let Some(tier) = declared(operation.get("x-bazaar-policy")) {
@@ -264,27 +234,7 @@ pub fn tier_of(
     if let Some(tier) = security.and_then(|s| tier_from_security(document, s)) {
         return tier;
     }
-    let routed = gateway_policy(path, writes);
-    raised_by_service(routed, operation)
-}
-
-/// The tier the gateway's default routes give `path`: the longest prefix matching on segment
-/// boundaries wins, as the gateway's route table does; unrouted paths (the gateway's own) are
-/// public.
-pub fn gateway_policy(path: &str, writes: bool) -> Tier {
-    GATEWAY_POLICIES
-        .iter()
-        .filter(|(prefix, _, _)| {
-            path == *prefix
-                || path
-                    .strip_prefix(prefix)
-                    .is_some_and(|rest| rest.starts_with('/'))
-        })
-        .max_by_key(|(prefix, _, _)| prefix.len())
-        .map_or(
-            Tier::Public,
-            |(_, read, write)| if writes { *write } else { *read },
-        )
+    raised_by_service(Tier::Public, operation)
 }
 
 /// What the service itself says beyond the gateway's policy: a documented `403` "Not an admin"
@@ -512,18 +462,22 @@ mod tests {
             ],
             "paths": {
                 "/api/v1/feed/products": {
+                    "x-bazaar-policy": "api_key", "x-bazaar-write-policy": "admin",
                     "get": {"tags": ["catalog"], "summary": "List products, filtered,\nsorted and paged.",
                             "parameters": [{"name": "q", "in": "query"}, {"name": "per_page", "in": "query"}]},
                     "post": {"tags": ["catalog"], "summary": "Create a product.", "requestBody": {}}
                 },
                 "/api/v1/products/{id}": {
+                    "x-bazaar-policy": "public", "x-bazaar-write-policy": "admin",
                     "put": {"tags": ["catalog"], "summary": "Replace a product.", "requestBody": {}},
                     "get": {"tags": ["catalog"], "summary": "One product."}
                 },
                 "/api/v1/developer/keys": {
+                    "x-bazaar-policy": "user", "x-bazaar-write-policy": "user",
                     "get": {"tags": ["developer"], "summary": "The caller's own keys."}
                 },
                 "/api/v1/developer/plans": {
+                    "x-bazaar-policy": "public", "x-bazaar-write-policy": "public",
                     "get": {"tags": ["developer"], "summary": "The plans."}
                 },
                 "/api/v1/users": {
@@ -615,12 +569,9 @@ mod tests {
             Tier::Admin,
             "write policy"
         );
+        assert_eq!(tier("POST", "/api/v1/feed/products"), Tier::Admin);
         assert_eq!(tier("GET", "/api/v1/developer/keys"), Tier::User);
-        assert_eq!(
-            tier("GET", "/api/v1/developer/plans"),
-            Tier::Public,
-            "the longer prefix wins"
-        );
+        assert_eq!(tier("GET", "/api/v1/developer/plans"), Tier::Public);
         assert_eq!(
             tier("GET", "/api/v1/users"),
             Tier::Admin,
@@ -637,11 +588,6 @@ mod tests {
             "a session is enough"
         );
         assert_eq!(tier("GET", "/api/docs"), Tier::Public, "the gateway's own");
-        assert_eq!(gateway_policy("/api/v1/productsx", false), Tier::Public);
-        assert_eq!(
-            gateway_policy("/api/v1/partner/products/7", false),
-            Tier::Partner
-        );
     }
 
     #[test]
@@ -657,17 +603,16 @@ mod tests {
         let op = |extra: Value| extra;
         let item = json!({"x-bazaar-policy": "partner", "x-bazaar-write-policy": "admin"});
         assert_eq!(
-            tier_of(&document, "/api/v1/orders", &item, "get", &op(json!({}))),
+            tier_of(&document, &item, "get", &op(json!({}))),
             Tier::Partner
         );
         assert_eq!(
-            tier_of(&document, "/api/v1/orders", &item, "delete", &op(json!({}))),
+            tier_of(&document, &item, "delete", &op(json!({}))),
             Tier::Admin
         );
         assert_eq!(
             tier_of(
                 &document,
-                "/api/v1/orders",
                 &item,
                 "get",
                 &op(json!({"x-bazaar-policy": "api_key"}))
@@ -675,26 +620,16 @@ mod tests {
             Tier::ApiKey
         );
         let plain = json!({});
-        let with = |security: Value| {
-            tier_of(
-                &document,
-                "/api/v1/orders",
-                &plain,
-                "get",
-                &json!({ "security": security }),
-            )
-        };
+        let with =
+            |security: Value| tier_of(&document, &plain, "get", &json!({ "security": security }));
         assert_eq!(with(json!([{"key": []}])), Tier::ApiKey);
         assert_eq!(with(json!([{"bearer": []}])), Tier::User);
         assert_eq!(with(json!([{"bearer": ["admin"]}])), Tier::Admin);
         assert_eq!(with(json!([{"partners": []}])), Tier::Partner);
         assert_eq!(with(json!([{}, {"bearer": []}])), Tier::Public, "optional");
         assert_eq!(with(json!([])), Tier::Public);
-        // Without any of it, `/api/v1/orders` is a user route at the gateway.
-        assert_eq!(
-            tier_of(&document, "/api/v1/orders", &plain, "get", &json!({})),
-            Tier::User
-        );
+        // Without any of it, public.
+        assert_eq!(tier_of(&document, &plain, "get", &json!({})), Tier::Public);
     }
 
     #[test]
