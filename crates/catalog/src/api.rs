@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bazaar_auth::RequireAdmin;
-use bazaar_kit::audit::AuditEvent;
+use bazaar_kit::audit::{AuditEvent, AuditQuery, AuditView, ADMIN_AUDIT_PATH};
 use bazaar_kit::etag;
 use bazaar_kit::extract::{Json, Path, Query};
 use bazaar_kit::problem::Problem;
@@ -33,13 +33,15 @@ pub fn router(state: AppState) -> Router {
             get(get_product).put(replace_product).delete(delete_product),
         )
         .route("/api/v1/categories", get(list_categories))
+        .route(ADMIN_AUDIT_PATH, get(audit_log))
         .with_state(state)
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "bazaar catalog", description = "Product data: categories, products, search."),
-    paths(list_products, get_product, list_categories, create_product, replace_product, delete_product),
+    paths(list_products, get_product, list_categories, create_product, replace_product, delete_product,
+        bazaar_kit::audit::admin_view),
     components(schemas(Product, ProductInput, Money, Category, CategoryList, ProductPage, Sort, Problem)),
     tags((name = "catalog", description = "Products and categories"))
 )]
@@ -228,6 +230,15 @@ async fn delete_product(
     audit_write(&state, &admin.sub, "product.deleted", &id).await?;
     tracing::info!(product = %id, "product deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The audit log, newest first, with its whole chain's check (admins; for the admin console).
+async fn audit_log(
+    State(state): State<AppState>,
+    _admin: RequireAdmin,
+    Query(query): Query<AuditQuery>,
+) -> ApiResult<axum::Json<AuditView>> {
+    bazaar_kit::audit::admin_view(&state.audit, &query).await
 }
 
 async fn find(state: &AppState, id: &str) -> ApiResult<StoredProduct> {

@@ -927,6 +927,7 @@ async fn api_publishes_openapi_and_readiness() {
         "/api/v1/products",
         "/api/v1/products/{id}",
         "/api/v1/categories",
+        "/api/v1/admin/audit",
     ] {
         assert!(doc.body["paths"][path].is_object(), "{path} documented");
     }
@@ -942,7 +943,7 @@ async fn api_publishes_openapi_and_readiness() {
             "{schema}"
         );
     }
-    assert_eq!(bazaar_catalog::openapi().paths.paths.len(), 3);
+    assert_eq!(bazaar_catalog::openapi().paths.paths.len(), 4);
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
 }
@@ -1023,6 +1024,58 @@ async fn api_writes_need_an_admin_token_and_are_audited() {
             ("admin-9", "product.created"),
             ("admin-9", "product.deleted")
         ]
+    );
+}
+
+#[tokio::test]
+async fn api_audit_log_is_admin_only_and_checks_the_chain() {
+    let mut app = spawn_app().await;
+    let created = app
+        .write(Method::POST, "/api/v1/products", &new_product(), None)
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let deleted = app.delete(&format!("/api/v1/products/{id}"), None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+
+    let read = |app: &TestApp, uri: &str| {
+        let mut request = Request::get(uri);
+        if let Some(token) = &app.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    let admin = app.send(read(&app, "/api/v1/admin/audit?limit=1")).await;
+    assert_eq!(admin.status, StatusCode::OK, "{}", admin.body);
+    assert_eq!(admin.body["service"], "catalog");
+    assert_eq!(
+        admin.body["chain"],
+        json!({"ok": true, "records": 2}),
+        "the whole chain is checked, whatever the limit"
+    );
+    let records = admin.body["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "limited");
+    assert_eq!(records[0]["action"], "product.deleted", "newest first");
+    assert_eq!(records[0]["actor"], "admin-1");
+
+    let bad = app.send(read(&app, "/api/v1/admin/audit?limit=0")).await;
+    assert_problem(
+        &bad,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("limit"),
+    );
+
+    app.token = Some(app.issuer.customer("user-7"));
+    let customer = app.send(read(&app, "/api/v1/admin/audit")).await;
+    assert_problem(&customer, StatusCode::FORBIDDEN, "forbidden", None);
+    app.token = None;
+    let anonymous = app.send(read(&app, "/api/v1/admin/audit")).await;
+    assert_problem(
+        &anonymous,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        None,
     );
 }
 

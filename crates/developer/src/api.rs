@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use bazaar_auth::{AuthError, Caller, Claims, RequireAdmin, RequireService};
-use bazaar_kit::audit::AuditEvent;
-use bazaar_kit::extract::{Json, Path};
+use bazaar_kit::audit::{AuditEvent, AuditQuery, AuditView, ADMIN_AUDIT_PATH};
+use bazaar_kit::extract::{Json, Path, Query};
 use bazaar_kit::problem::Problem;
 use bazaar_kit::{ApiError, ApiResult};
 use utoipa::OpenApi;
@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/developer/keys/{id}", delete(revoke_key))
         .route("/api/v1/developer/usage", get(own_usage))
         .route("/api/v1/admin/usage", get(all_usage))
+        .route(ADMIN_AUDIT_PATH, get(audit_log))
         .route("/internal/v1/keys/lookup", post(lookup_key))
         .route("/internal/v1/usage", post(report_usage))
         .route("/internal/v1/usage/{key_id}", get(key_counters))
@@ -48,7 +49,7 @@ pub fn router(state: AppState) -> Router {
 #[openapi(
     info(title = "bazaar developer", description = "API keys on plans, and their usage."),
     paths(list_plans, create_key, list_keys, revoke_key, own_usage, all_usage, lookup_key,
-          report_usage, key_counters),
+          report_usage, key_counters, bazaar_kit::audit::admin_view),
     components(schemas(Plan, PlanEntry, PlanList, NewKeyInput, CreatedKey, ApiKey, KeyList,
                        KeyStatus, KeyUsage, UsageList, LookupInput, KeyLookup, UsageReport,
                        UsageCount, KeyCounters, Problem)),
@@ -259,6 +260,15 @@ async fn all_usage(
     _admin: RequireAdmin,
 ) -> ApiResult<axum::Json<UsageList>> {
     usage_list(&state, None).await.map(axum::Json)
+}
+
+/// The audit log, newest first, with its whole chain's check (admins; for the admin console).
+async fn audit_log(
+    State(state): State<AppState>,
+    _admin: RequireAdmin,
+    Query(query): Query<AuditQuery>,
+) -> ApiResult<axum::Json<AuditView>> {
+    bazaar_kit::audit::admin_view(state.repository.audit(), &query).await
 }
 
 async fn usage_list(state: &AppState, owner: Option<&str>) -> ApiResult<UsageList> {

@@ -10,7 +10,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
-use bazaar_kit::extract::Json;
+use bazaar_kit::audit::{AuditQuery, AuditView, ADMIN_AUDIT_PATH};
+use bazaar_kit::extract::{Json, Query};
 use bazaar_kit::problem::Problem;
 use bazaar_kit::{ApiError, ApiResult};
 use utoipa::OpenApi;
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
             get(list_clients).post(create_client),
         )
         .route("/api/v1/identity/keys/rotate", post(rotate_keys))
+        .route(ADMIN_AUDIT_PATH, get(audit_log))
         .with_state(state)
 }
 
@@ -63,7 +65,8 @@ pub fn router(state: AppState) -> Router {
     info(title = "bazaar identity", description = "Users, OAuth clients and signing keys. \
         The OAuth 2.0 / OpenID Connect endpoints (/.well-known/openid-configuration, /oauth2/*, \
         /login, /logout) follow their RFCs and are described by the discovery document."),
-    paths(register, me, change_password, list_users, json_login, list_clients, create_client, rotate_keys),
+    paths(register, me, change_password, list_users, json_login, list_clients, create_client, rotate_keys,
+        bazaar_kit::audit::admin_view),
     components(schemas(User, UserList, Registration, PasswordChange, Credentials, Client,
         ClientList, ClientRegistration, CreatedClient, Rotation, Problem)),
     tags((name = "identity", description = "Users, clients, keys"))
@@ -273,6 +276,16 @@ async fn list_users(
         .map(|u| u.to_api())
         .collect();
     Ok(axum::Json(UserList { items }))
+}
+
+/// The audit log, newest first, with its whole chain's check (admins; for the admin console).
+async fn audit_log(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<AuditQuery>,
+) -> ApiResult<axum::Json<AuditView>> {
+    require_admin(&state, &headers).await?;
+    bazaar_kit::audit::admin_view(&state.audit, &query).await
 }
 
 /// Sign in with JSON: sets the same session cookie as the login form, under the same

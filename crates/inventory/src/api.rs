@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bazaar_auth::{RequireAdmin, RequireService};
+use bazaar_kit::audit::{AuditQuery, AuditView, ADMIN_AUDIT_PATH};
 use bazaar_kit::extract::{parse_json, Json, Path, Query};
 use bazaar_kit::problem::Problem;
 use bazaar_kit::{ApiError, ApiResult};
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
             post(adjust_stock),
         )
         .route("/api/v1/warehouses", get(list_warehouses))
+        .route(ADMIN_AUDIT_PATH, get(audit_log))
         .route(
             "/internal/v1/reservations",
             get(list_reservations).post(reserve),
@@ -47,7 +49,7 @@ pub fn router(state: AppState) -> Router {
 #[openapi(
     info(title = "bazaar inventory", description = "Stock per warehouse and reservations."),
     paths(get_item, list_items, list_warehouses, adjust_stock, reserve, get_reservation,
-          list_reservations, commit, release),
+          list_reservations, commit, release, bazaar_kit::audit::admin_view),
     components(schemas(InventoryItem, InventoryList, WarehouseStock, Warehouse, WarehouseList,
         AdjustmentInput, ReservationRequest, LineInput, Point, Reservation, Allocation,
         ReservationStatus, ReservationList, ReleaseInput, Problem)),
@@ -181,6 +183,15 @@ async fn adjust_stock(
     tracing::info!(product = %product_id, warehouse = %input.warehouse_id, delta = input.delta,
         "stock adjusted");
     Ok(axum::Json(item))
+}
+
+/// The audit log, newest first, with its whole chain's check (admins; for the admin console).
+async fn audit_log(
+    State(state): State<AppState>,
+    _admin: RequireAdmin,
+    Query(query): Query<AuditQuery>,
+) -> ApiResult<axum::Json<AuditView>> {
+    bazaar_kit::audit::admin_view(&state.audit, &query).await
 }
 
 /// Reserve stock for an order (idempotent by `key`).

@@ -6,12 +6,21 @@
 //!
 //! Append inside the same transaction as the action ([`AuditLog::append_in`]) when there is
 //! one, so an action and its audit record commit together.
+//!
+//! Each auditing service also answers `GET /api/v1/admin/audit` (admins only) for the admin
+//! console: its newest records and the check of its whole chain ([`admin_view`]). The service
+//! checks the caller is an admin, then calls [`admin_view`]; everything else is here, so the four
+//! services answer the same document the same way.
+
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::context;
+use crate::problem::{ApiError, ApiResult};
 use crate::storage::{now_ms, Database};
 
 /// DDL of the audit table, portable across SQLite and PostgreSQL.
@@ -131,15 +140,44 @@ pub struct ChainError {
 
 /// Checks that `records` (in `seq` order, from the first) form an unbroken chain.
 pub fn verify_chain(records: &[AuditRecord]) -> Result<(), ChainError> {
-    let mut previous = GENESIS.to_owned();
-    for (expected_seq, record) in (1_i64..).zip(records) {
-        if record.seq != expected_seq {
+    let mut check = ChainCheck::new();
+    records.iter().try_for_each(|record| check.feed(record))
+}
+
+/// A chain check fed one record at a time (in `seq` order, from the first), so a long log can
+/// be checked page by page without holding it all in memory.
+#[derive(Debug, Clone)]
+pub struct ChainCheck {
+    previous: String,
+    expected_seq: i64,
+}
+
+impl Default for ChainCheck {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChainCheck {
+    pub fn new() -> Self {
+        Self {
+            previous: GENESIS.to_owned(),
+            expected_seq: 1,
+        }
+    }
+
+    /// Checks the next record against the ones fed before it.
+    pub fn feed(&mut self, record: &AuditRecord) -> Result<(), ChainError> {
+        if record.seq != self.expected_seq {
             return Err(ChainError {
                 seq: record.seq,
-                reason: format!("expected record {expected_seq} (a record is missing)"),
+                reason: format!(
+                    "expected record {} (a record is missing)",
+                    self.expected_seq
+                ),
             });
         }
-        if record.prev_hash != previous {
+        if record.prev_hash != self.previous {
             return Err(ChainError {
                 seq: record.seq,
                 reason: "does not chain to the record before it".into(),
@@ -151,9 +189,81 @@ pub fn verify_chain(records: &[AuditRecord]) -> Result<(), ChainError> {
                 reason: "its content does not match its hash (modified)".into(),
             });
         }
-        previous = record.hash.clone();
+        self.previous = record.hash.clone();
+        self.expected_seq += 1;
+        Ok(())
     }
-    Ok(())
+}
+
+/// Path of every auditing service's read API for the admin console. Not routed by the gateway:
+/// the console calls each service directly with the admin's token.
+pub const ADMIN_AUDIT_PATH: &str = "/api/v1/admin/audit";
+/// Records answered when `limit` is not given.
+pub const DEFAULT_VIEW_LIMIT: usize = 50;
+/// Most records one answer may carry.
+pub const MAX_VIEW_LIMIT: usize = 500;
+/// Records read per query while checking the whole chain.
+const CHECK_PAGE: i64 = 1_000;
+
+/// Query of `GET /api/v1/admin/audit`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Newest records to answer, 1 to 500 (default 50). The chain check always covers the whole
+    /// log.
+    pub limit: Option<i64>,
+}
+
+impl AuditQuery {
+    /// The validated limit: over the cap is refused rather than clamped, so a client never
+    /// silently gets fewer records than it asked for.
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        match self.limit {
+            None => Ok(DEFAULT_VIEW_LIMIT),
+            Some(n) if (1..=MAX_VIEW_LIMIT as i64).contains(&n) => Ok(n as usize),
+            Some(_) => Err(ApiError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_VIEW_LIMIT}"),
+            )),
+        }
+    }
+}
+
+/// The result of checking a whole chain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct ChainStatus {
+    /// Whether every record chains to the one before it and matches its hash.
+    pub ok: bool,
+    /// Records in the log.
+    pub records: u64,
+    /// Where and why the chain breaks, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /api/v1/admin/audit`: a service's newest audit records and its chain check.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct AuditView {
+    pub service: String,
+    /// Newest first, at most `limit`.
+    pub records: Vec<AuditRecord>,
+    pub chain: ChainStatus,
+}
+
+/// The answer of `GET /api/v1/admin/audit`, for a service that has already checked the caller
+/// is an admin.
+#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "audit",
+    params(("limit" = Option<i64>, Query,
+        description = "Newest records to answer, 1 to 500 (default 50); the chain check covers the whole log")),
+    responses(
+        (status = 200, description = "Newest records first, and the whole chain's check", body = AuditView),
+        (status = 401, description = "No valid token", body = crate::problem::Problem),
+        (status = 403, description = "Not an admin", body = crate::problem::Problem),
+        (status = 422, description = "`limit` out of range", body = crate::problem::Problem),
+    ))]
+pub async fn admin_view(log: &AuditLog, query: &AuditQuery) -> ApiResult<axum::Json<AuditView>> {
+    let limit = query.limit()?;
+    Ok(axum::Json(log.view(limit).await?))
 }
 
 /// A service's audit log.
@@ -257,6 +367,42 @@ impl AuditLog {
     /// Records with `seq > after`, oldest first, at most `limit`.
     pub async fn records(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>, sqlx::Error> {
         read_records(self.db.pool(), after, limit).await
+    }
+
+    /// The newest `limit` records (newest first) and the check of the whole chain, read in
+    /// pages so a long log is never held in memory at once.
+    pub async fn view(&self, limit: usize) -> Result<AuditView, sqlx::Error> {
+        let mut check = ChainCheck::new();
+        let mut broken: Option<ChainError> = None;
+        let mut newest: VecDeque<AuditRecord> = VecDeque::with_capacity(limit + 1);
+        let mut count: u64 = 0;
+        let mut after = 0;
+        loop {
+            let page = self.records(after, CHECK_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for record in page {
+                count += 1;
+                if broken.is_none() {
+                    broken = check.feed(&record).err();
+                }
+                if limit > 0 {
+                    if newest.len() == limit {
+                        newest.pop_front();
+                    }
+                    newest.push_back(record);
+                }
+            }
+        }
+        Ok(AuditView {
+            service: self.service.clone(),
+            records: newest.into_iter().rev().collect(),
+            chain: ChainStatus {
+                ok: broken.is_none(),
+                records: count,
+                error: broken.map(|e| e.to_string()),
+            },
+        })
     }
 }
 

@@ -1,7 +1,8 @@
 //! The audit chain holds under concurrent appends and detects any modified or removed record,
-//! on SQLite and on PostgreSQL.
+//! on SQLite and on PostgreSQL; the admin read API answers the newest records and the whole
+//! chain's check.
 
-use bazaar_kit::audit::{verify_chain, AuditEvent, AuditLog};
+use bazaar_kit::audit::{admin_view, verify_chain, AuditEvent, AuditLog, AuditQuery};
 use bazaar_kit::storage::{testing, Database};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT;
@@ -61,4 +62,107 @@ async fn audit_chain_on_postgres() {
     if let Some(url) = testing::fresh_postgres_database("audit").await {
         chain_detects_tampering(&url).await;
     }
+}
+
+/// The admin view: newest records first, limited, with the check of the whole chain (read in
+/// pages, so more than one page of records is checked), and a tampered record reported.
+#[tokio::test]
+async fn admin_view_answers_the_newest_records_and_the_whole_chain_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(&testing::sqlite_url(dir.path(), "view"), &MIGRATOR)
+        .await
+        .expect("open");
+    let log = AuditLog::open(&db, "catalog").await.expect("audit table");
+    // More than one page of the chain check (1000 records per page).
+    let total = 1_003;
+    for i in 1..=total {
+        log.append(AuditEvent::new("admin", "product.replaced").target(format!("p-{i}")))
+            .await
+            .expect("append");
+    }
+
+    let axum::Json(view) = admin_view(&log, &AuditQuery { limit: Some(3) })
+        .await
+        .expect("view");
+    assert_eq!(view.service, "catalog");
+    assert!(view.chain.ok, "{:?}", view.chain);
+    assert_eq!(view.chain.records, total);
+    assert_eq!(view.chain.error, None);
+    let seqs: Vec<i64> = view.records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1_003, 1_002, 1_001], "newest first, limited");
+    assert_eq!(view.records[0].target, "p-1003");
+    let json = serde_json::to_value(&view).expect("json");
+    assert_eq!(
+        json["chain"],
+        serde_json::json!({"ok": true, "records": 1_003})
+    );
+
+    // The default limit is 50.
+    let axum::Json(view) = admin_view(&log, &AuditQuery::default())
+        .await
+        .expect("view");
+    assert_eq!(view.records.len(), 50);
+
+    // A limit out of range is refused, naming the field.
+    for bad in [0, 501, -1] {
+        let error = admin_view(&log, &AuditQuery { limit: Some(bad) })
+            .await
+            .expect_err("refused");
+        let problem = error.to_problem();
+        assert_eq!(problem.status, 422, "{bad}");
+        assert_eq!(problem.field.as_deref(), Some("limit"), "{bad}");
+    }
+
+    // A record modified in the database (in the first page, far from the newest ones shown)
+    // breaks the chain, and the answer says where.
+    sqlx::query("UPDATE audit_log SET target = 'forged' WHERE seq = 7")
+        .execute(db.pool())
+        .await
+        .expect("tamper");
+    let axum::Json(view) = admin_view(&log, &AuditQuery { limit: Some(2) })
+        .await
+        .expect("view");
+    assert!(!view.chain.ok);
+    assert_eq!(view.chain.records, total, "every record is still counted");
+    let error = view.chain.error.as_deref().expect("an error");
+    assert!(
+        error.contains("record 7") && error.contains("modified"),
+        "{error}"
+    );
+    assert_eq!(
+        view.records.len(),
+        2,
+        "the newest records are still answered"
+    );
+    let json = serde_json::to_value(&view).expect("json");
+    assert_eq!(json["chain"]["ok"], false);
+    assert!(json["chain"]["error"].is_string());
+
+    // A record removed past the first page is found too.
+    sqlx::query("UPDATE audit_log SET target = 'p-7' WHERE seq = 7")
+        .execute(db.pool())
+        .await
+        .expect("restore");
+    let axum::Json(view) = admin_view(&log, &AuditQuery::default())
+        .await
+        .expect("view");
+    assert!(view.chain.ok, "restored: {:?}", view.chain);
+    sqlx::query("DELETE FROM audit_log WHERE seq = 1002")
+        .execute(db.pool())
+        .await
+        .expect("remove");
+    let axum::Json(view) = admin_view(&log, &AuditQuery::default())
+        .await
+        .expect("view");
+    assert!(!view.chain.ok);
+    assert_eq!(view.chain.records, total - 1);
+    assert!(
+        view.chain
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("record 1003") && e.contains("missing")),
+        "{:?}",
+        view.chain.error
+    );
+    db.close().await;
 }
