@@ -412,3 +412,40 @@ test('a developer creates an API key, calls the API with it from the portal, and
   assert.ok(!(await page.content()).includes(key), 'the key is not shown again');
   await context.close();
 });
+
+test('an admin sees the topology and finds the shopper\'s order in the console', async () => {
+  assert.ok(confirmedOrderId, 'the shopper scenario placed an order');
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  await page.goto(system.base);
+  await signIn(page, DEMO_ADMIN);
+
+  await page.getByRole('link', { name: 'Admin' }).first().click();
+  await page.waitForURL(/\/admin$/);
+  await assert.doesNotReject(page.getByTestId('topology').waitFor());
+  assert.equal(await page.getByTestId('topology-node-orders').getAttribute('data-health'), 'up');
+  await shot(page, '20-admin-topology');
+
+  await page.getByTestId('admin-nav-orders').click();
+  await page.waitForURL(/\/admin\/orders/);
+  const row = page.getByTestId(`order-row-${confirmedOrderId}`);
+  await assert.doesNotReject(row.waitFor());
+  assert.equal(await row.getAttribute('data-status'), 'confirmed');
+  await shot(page, '21-admin-orders');
+  await row.getByTestId('order-link').click();
+  await page.waitForURL(new RegExp(`/admin/orders/${confirmedOrderId}$`));
+  assert.match(await page.getByTestId('admin-order-status').textContent(), /confirmed/i);
+  assert.equal(await page.getByTestId('saga-step-confirm').getAttribute('data-state'), 'done');
+  assert.ok(await page.getByTestId('payment-row').count() >= 1, 'the order\'s payment is listed');
+  await shot(page, '22-admin-order');
+
+  // The shopper is not an admin: the console refuses them.
+  const shopperContext = await browser.newContext();
+  const shopperPage = await shopperContext.newPage();
+  await shopperPage.goto(system.base);
+  await signIn(shopperPage, shopper);
+  const refused = await shopperPage.goto(`${system.base}/admin/orders`);
+  assert.equal(refused.status(), 403);
+  await shopperContext.close();
+  await context.close();
+});
