@@ -18,6 +18,8 @@ mod people;
 mod services;
 mod topology;
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -95,24 +97,33 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/chaos", get(people::chaos))
 }
 
-/// `None` for an admin; otherwise what to answer instead: a redirect to sign in, or a 403 page.
-/// The services check the token again; this only spares a non-admin a page of refusals.
-fn admin_only(state: &AppState, visitor: &Visitor) -> Option<Response> {
-    if let Some(signin) = visitor.signin_redirect() {
-        return Some(signin);
+/// A request from a signed-in admin: handlers of the console take this instead of a
+/// [`Visitor`]. Anyone else is answered before the handler runs: a redirect to sign in, or a
+/// 403 page. The services check the token again; this only spares a non-admin a page of
+/// refusals.
+pub struct Admin(pub Visitor);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let visitor = Visitor::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if let Some(signin) = visitor.signin_redirect() {
+            return Err(signin);
+        }
+        if !visitor.is_admin() {
+            return Err(PageError::new(
+                StatusCode::FORBIDDEN,
+                "Not allowed",
+                "The admin console is for operators: your account does not have the admin role.",
+            )
+            .with_chrome(&visitor.chrome_with_count(state, 0))
+            .into_response());
+        }
+        Ok(Admin(visitor))
     }
-    if visitor.is_admin() {
-        return None;
-    }
-    Some(
-        PageError::new(
-            StatusCode::FORBIDDEN,
-            "Not allowed",
-            "The admin console is for operators: your account does not have the admin role.",
-        )
-        .with_chrome(&visitor.chrome_with_count(state, 0))
-        .into_response(),
-    )
 }
 
 /// A number from a query string: `default` when absent or not a number, else kept within

@@ -24,13 +24,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::backend::{query_value, BackendError, BackendResult, Caller};
-use crate::pages::{render, render_status};
+use crate::pages::{render, render_status, WebForm};
 use crate::visitor::Visitor;
 use crate::AppState;
 
@@ -180,7 +180,7 @@ async fn keys_page(
 async fn create_key(
     State(state): State<AppState>,
     visitor: Visitor,
-    Form(form): Form<KeyForm>,
+    WebForm(form): WebForm<KeyForm>,
 ) -> Response {
     if let Some(signin) = visitor.signin_redirect() {
         return signin;

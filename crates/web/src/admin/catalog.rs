@@ -10,13 +10,13 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::unavailable;
+use super::Admin;
 use crate::backend::{query_value, BackendError};
-use crate::pages::render_status;
+use crate::pages::{render_status, WebForm};
 use crate::visitor::Visitor;
 use crate::AppState;
 
@@ -106,12 +106,9 @@ fn integer(field: &str, text: &str, what: &str) -> Result<i64, Refusal> {
 /// `GET /admin/catalog`.
 pub async fn list(
     State(state): State<AppState>,
-    visitor: Visitor,
+    Admin(visitor): Admin,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    if let Some(stop) = super::admin_only(&state, &visitor) {
-        return stop;
-    }
     list_page(
         &state,
         &visitor,
@@ -230,12 +227,9 @@ async fn list_page(
 /// `POST /admin/catalog/products`: creates a product.
 pub async fn create(
     State(state): State<AppState>,
-    visitor: Visitor,
-    Form(form): Form<CreateForm>,
+    Admin(visitor): Admin,
+    WebForm(form): WebForm<CreateForm>,
 ) -> Response {
-    if let Some(stop) = super::admin_only(&state, &visitor) {
-        return stop;
-    }
     let again = |form: CreateForm, refusal: Refusal, status: StatusCode| {
         let state = state.clone();
         let visitor = visitor.clone();
@@ -339,13 +333,10 @@ struct ProductPage {
 /// `GET /admin/catalog/products/{id}`.
 pub async fn product(
     State(state): State<AppState>,
-    visitor: Visitor,
+    Admin(visitor): Admin,
     Path(id): Path<String>,
     Query(query): Query<ProductQuery>,
 ) -> Response {
-    if let Some(stop) = super::admin_only(&state, &visitor) {
-        return stop;
-    }
     product_page(
         &state,
         &visitor,
@@ -442,13 +433,10 @@ async fn product_page(
 /// `POST /admin/catalog/products/{id}`: changes the name, price and featured flag.
 pub async fn update(
     State(state): State<AppState>,
-    visitor: Visitor,
+    Admin(visitor): Admin,
     Path(id): Path<String>,
-    Form(form): Form<EditForm>,
+    WebForm(form): WebForm<EditForm>,
 ) -> Response {
-    if let Some(stop) = super::admin_only(&state, &visitor) {
-        return stop;
-    }
     let again = |form: EditForm, refusal: Refusal, status: StatusCode| {
         let state = state.clone();
         let visitor = visitor.clone();
@@ -529,13 +517,10 @@ pub async fn update(
 /// `POST /admin/catalog/products/{id}/adjustments`: adds or removes units at a warehouse.
 pub async fn adjust(
     State(state): State<AppState>,
-    visitor: Visitor,
+    Admin(visitor): Admin,
     Path(id): Path<String>,
-    Form(form): Form<AdjustForm>,
+    WebForm(form): WebForm<AdjustForm>,
 ) -> Response {
-    if let Some(stop) = super::admin_only(&state, &visitor) {
-        return stop;
-    }
     let again = |form: AdjustForm, refusal: Refusal, status: StatusCode| {
         let state = state.clone();
         let visitor = visitor.clone();

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::unavailable;
+use super::Admin;
 use crate::backend::query_value;
 use crate::pages::render_status;
-use crate::visitor::Visitor;
 use crate::AppState;
 
 /// The saga's forward steps, in order (crates/orders/src/saga.rs).
@@ -46,12 +46,9 @@ pub struct ListQuery {
 /// `GET /admin/orders`.
 pub async fn list(
     State(state): State<AppState>,
-    visitor: Visitor,
+    Admin(visitor): Admin,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    if let Some(stop) = super::admin_only(&state, &visitor) {
-        return stop;
-    }
     let limit = super::number(&query.limit, 50, 1, 200);
     let mut path = format!("/api/v1/admin/orders?limit={limit}");
     if !query.status.is_empty() {
@@ -168,12 +165,9 @@ fn steps(order: &Value) -> (Vec<Step>, Vec<Step>) {
 /// `GET /admin/orders/{id}`.
 pub async fn detail(
     State(state): State<AppState>,
-    visitor: Visitor,
+    Admin(visitor): Admin,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(stop) = super::admin_only(&state, &visitor) {
-        return stop;
-    }
     let caller = visitor.caller();
     let order_path = format!("/api/v1/orders/{}", query_value(&id));
     let payments_path = format!("/api/v1/payments?order_id={}", query_value(&id));

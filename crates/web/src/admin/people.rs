@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::topology::services_health;
 use super::unavailable;
+use super::Admin;
 use crate::pages::render;
-use crate::visitor::Visitor;
 use crate::AppState;
 
 /// The services that keep an audit log (`bazaar_kit::audit::AuditLog`).
@@ -27,12 +27,9 @@ pub struct UsersQuery {
 /// `GET /admin/users`.
 pub async fn users(
     State(state): State<AppState>,
-    visitor: Visitor,
+    Admin(visitor): Admin,
     Query(query): Query<UsersQuery>,
 ) -> Response {
-    if let Some(stop) = super::admin_only(&state, &visitor) {
-        return stop;
-    }
     let caller = visitor.caller();
     let (chrome, users) = tokio::join!(
         visitor.chrome(&state),
@@ -85,12 +82,9 @@ struct AuditPart {
 /// `GET /admin/audit`.
 pub async fn audit(
     State(state): State<AppState>,
-    visitor: Visitor,
+    Admin(visitor): Admin,
     Query(query): Query<AuditQuery>,
 ) -> Response {
-    if let Some(stop) = super::admin_only(&state, &visitor) {
-        return stop;
-    }
     let limit = super::number(&query.limit, 20, 1, 500);
     let caller = visitor.caller();
     let path = format!("{}?limit={limit}", bazaar_kit::audit::ADMIN_AUDIT_PATH);
@@ -173,10 +167,7 @@ const HOOKS: &[Hook] = &[
 ];
 
 /// `GET /admin/chaos`.
-pub async fn chaos(State(state): State<AppState>, visitor: Visitor) -> Response {
-    if let Some(stop) = super::admin_only(&state, &visitor) {
-        return stop;
-    }
+pub async fn chaos(State(state): State<AppState>, Admin(visitor): Admin) -> Response {
     let chrome = visitor.chrome(&state).await;
     let instances: Vec<_> = services_health(&state)
         .into_iter()

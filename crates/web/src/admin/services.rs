@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use super::metrics::{ServiceMetrics, SCRAPE_INTERVAL};
 use super::topology::{services_health, Link, EDGES};
+use super::Admin;
 use crate::pages::{render, PageError};
-use crate::visitor::Visitor;
 use crate::AppState;
 
 /// A dependency of the service, or on it.
@@ -58,12 +58,9 @@ fn figures(metrics: &ServiceMetrics) -> Figures {
 /// `GET /admin/services/{name}`.
 pub async fn page(
     State(state): State<AppState>,
-    visitor: Visitor,
+    Admin(visitor): Admin,
     Path(name): Path<String>,
 ) -> Response {
-    if let Some(stop) = super::admin_only(&state, &visitor) {
-        return stop;
-    }
     let chrome = visitor.chrome(&state).await;
     let Some(service) = services_health(&state).into_iter().find(|s| s.name == name) else {
         return PageError::not_found(&format!("a service named {name}"))

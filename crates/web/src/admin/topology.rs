@@ -19,8 +19,8 @@ use bazaar_kit::storage::now_ms;
 use serde::Serialize;
 
 use super::metrics::ScrapeHealth;
+use super::Admin;
 use crate::pages::render;
-use crate::visitor::Visitor;
 use crate::AppState;
 
 /// A service the shop runs, and what it is for.
@@ -439,10 +439,7 @@ fn path(x1: f64, y1: f64, x2: f64, y2: f64) -> String {
 }
 
 /// `GET /admin`: the overview and topology.
-pub async fn overview(State(state): State<AppState>, visitor: Visitor) -> Response {
-    if let Some(stop) = super::admin_only(&state, &visitor) {
-        return stop;
-    }
+pub async fn overview(State(state): State<AppState>, Admin(visitor): Admin) -> Response {
     let chrome = visitor.chrome(&state).await;
     let services = services_health(&state);
     let picture = picture(&services);
