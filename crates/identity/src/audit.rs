@@ -6,7 +6,9 @@
 //! Records never contain a secret: no passwords, tokens or codes, only ids, client ids,
 //! addresses and key ids. Appending is best effort: a failure is logged as an error but does
 //! not fail the request, because refusing logins whenever the audit table is contended would
-//! turn an audit hiccup into an outage (the log line still records the event).
+//! turn an audit hiccup into an outage (the log line still records the event). The exception is
+//! `token.issued`: built with [`event`], it commits with the token's record in the batch of
+//! `issuance`, and the token is answered only after that commit.
 
 use bazaar_kit::audit::{AuditEvent, AuditLog};
 use serde_json::{Map, Value};
@@ -66,6 +68,13 @@ impl Event {
 /// Records `event` by `actor` (a user id, client id or email). In `details`, `address` becomes
 /// the record's source and `target` its target; the rest is kept as JSON details.
 pub async fn audit(log: &AuditLog, event: Event, actor: &str, details: &[(&str, &str)]) {
+    if let Err(error) = log.append(self::event(event, actor, details)).await {
+        tracing::error!(%error, action = event.action(), actor, "writing the audit record failed");
+    }
+}
+
+/// The record [`audit`] appends, for a caller that appends it inside its own transaction.
+pub fn event(event: Event, actor: &str, details: &[(&str, &str)]) -> AuditEvent {
     let mut record = AuditEvent::new(actor, event.action());
     if event.failed() {
         record = record.failed();
@@ -83,7 +92,5 @@ pub async fn audit(log: &AuditLog, event: Event, actor: &str, details: &[(&str, 
     if !extra.is_empty() {
         record = record.details(Value::Object(extra));
     }
-    if let Err(error) = log.append(record).await {
-        tracing::error!(%error, action = event.action(), actor, "writing the audit record failed");
-    }
+    record
 }

@@ -9,6 +9,8 @@
 //! - [`throttle`]: brute-force protection and the client address it counts by;
 //! - [`audit`]: the one function every security-relevant action goes through, into the
 //!   kit's hash-chained audit log;
+//! - [`issuance`]: the group commit that records every issued token with its audit record,
+//!   many grants per transaction, before the grant is answered;
 //! - `oauth`: discovery, JWKS, authorize, token, revoke, introspect, userinfo;
 //! - `login`: the server-rendered login form, sessions and logout;
 //! - `api`: the users and admin REST APIs, the router and the OpenAPI document.
@@ -21,7 +23,9 @@
 
 mod api;
 pub mod audit;
+mod client_cache;
 pub mod crypto;
+pub mod issuance;
 mod login;
 pub mod model;
 mod oauth;
@@ -242,11 +246,16 @@ pub struct AppState {
     dummy_hash: Arc<String>,
     /// Client secrets that recently passed argon2id, so grants are not bound by its cost.
     secrets: Arc<secret_cache::SecretCache>,
+    /// Records issued tokens with their audit records, many grants per transaction.
+    issuance: issuance::TokenWriter,
+    /// Client records read within the last second, so grants do not read them each time.
+    clients: Arc<client_cache::ClientCache>,
 }
 
 impl AppState {
     pub async fn new(repository: Repository, config: Config) -> anyhow::Result<Self> {
         let audit = AuditLog::open(repository.database(), NAME).await?;
+        let issuance = issuance::TokenWriter::start(repository.clone(), audit.clone());
         let trusted = throttle::parse_networks(&config.trusted_proxies)?;
         let signer = Signer::new(
             repository.clone(),
@@ -263,12 +272,22 @@ impl AppState {
                 "no such account, only a timing decoy",
             )?),
             secrets: Arc::default(),
+            issuance,
+            clients: Arc::default(),
         })
     }
 
     /// The issuer, without a trailing slash.
     pub fn issuer(&self) -> &str {
         self.signer.issuer()
+    }
+
+    pub(crate) fn clients(&self) -> &client_cache::ClientCache {
+        &self.clients
+    }
+
+    pub(crate) fn issuance(&self) -> &issuance::TokenWriter {
+        &self.issuance
     }
 
     pub(crate) fn secrets(&self) -> &secret_cache::SecretCache {

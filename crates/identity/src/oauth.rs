@@ -24,8 +24,16 @@
 //! there would log real users out on a network hiccup, and an attacker gains nothing from it
 //! because the rotated token itself is still refused. The trade-off: a thief who races the
 //! legitimate client within that window is not detected by that one attempt (a later one is).
+//!
+//! Every grant answers its tokens only after [`crate::issuance`] has committed what it issued:
+//! the access token's record, the refresh token if any, and the `token.issued` audit record,
+//! together, in a transaction shared with the other grants waiting at that moment. The
+//! authorization code and refresh grants first decide their own state in their own transaction
+//! (the code is spent, the refresh token rotated), because that decision, not the issuance, is
+//! what a concurrent replay races against.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
@@ -35,11 +43,12 @@ use bazaar_kit::storage::now_ms;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::audit::{audit, Event};
+use crate::audit::{self, audit, Event};
 use crate::crypto;
+use crate::issuance::Issued;
 use crate::login::{self, page};
 use crate::model::{StoredClient, StoredCode, StoredUser};
-use crate::repository::{NewRefresh, RotateOutcome};
+use crate::repository::{IssuedAccess, IssuedRefresh, RotateOutcome};
 use crate::tokens::{AccessClaims, IdClaims, ACCESS_TOKEN_TYP};
 use crate::{AppState, DEFAULT_AUDIENCE};
 
@@ -529,7 +538,7 @@ async fn authenticate_client(
     state: &AppState,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
-) -> Result<StoredClient, OAuthError> {
+) -> Result<Arc<StoredClient>, OAuthError> {
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -566,7 +575,7 @@ async fn authenticate_client(
             (id, params.get("client_secret").cloned())
         }
     };
-    let client = state.repository.client(&client_id).await?;
+    let client = state.clients().get(&state.repository, &client_id).await?;
     match (client, secret) {
         (Some(client), None) if client.is_public() => Ok(client),
         (Some(client), Some(secret)) if !client.is_public() => {
@@ -743,7 +752,7 @@ async fn issue_user_tokens(
     family_id: &str,
     with_refresh: bool,
 ) -> Result<TokenResponse, OAuthError> {
-    let access_token = sign_access(
+    let (access_token, access) = sign_access(
         state,
         &user.id,
         DEFAULT_AUDIENCE,
@@ -778,35 +787,40 @@ async fn issue_user_tokens(
     } else {
         None
     };
-    let refresh_token = if with_refresh {
+    let (refresh_token, refresh) = if with_refresh {
         let token = crypto::random_token();
-        state
-            .repository
-            .insert_refresh(&NewRefresh {
-                token_hash: &crypto::token_hash(&token),
-                family_id,
-                client_id: &client.id,
-                user_id: &user.id,
-                scope,
-                auth_time,
-                expires_at: now_ms() + ttl_ms(state.config.refresh_token_ttl_secs),
-            })
-            .await?;
-        Some(token)
+        let record = IssuedRefresh {
+            token_hash: crypto::token_hash(&token),
+            family_id: family_id.to_owned(),
+            client_id: client.id.clone(),
+            user_id: user.id.clone(),
+            scope: scope.to_owned(),
+            auth_time,
+            expires_at: now_ms() + ttl_ms(state.config.refresh_token_ttl_secs),
+        };
+        (Some(token), Some(record))
     } else {
-        None
+        (None, None)
     };
-    audit(
-        &state.audit,
+    let audit = audit::event(
         Event::TokenIssued,
         &user.id,
         &[
             ("client_id", &client.id),
             ("family_id", family_id),
             ("refresh", if with_refresh { "yes" } else { "no" }),
+            ("jti", &access.jti),
         ],
+    );
+    record_issued(
+        state,
+        Issued {
+            access,
+            refresh,
+            audit,
+        },
     )
-    .await;
+    .await?;
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",
@@ -817,7 +831,8 @@ async fn issue_user_tokens(
     })
 }
 
-/// Signs an access token and records its jti (for revocation and introspection).
+/// Signs an access token; returns it with the record that must be committed (through
+/// [`crate::issuance`]) before it is answered.
 #[allow(clippy::too_many_arguments)]
 async fn sign_access(
     state: &AppState,
@@ -828,7 +843,7 @@ async fn sign_access(
     roles: Vec<String>,
     email: Option<String>,
     family_id: Option<&str>,
-) -> Result<String, OAuthError> {
+) -> Result<(String, IssuedAccess), OAuthError> {
     let now_ms = now_ms();
     let now = seconds(now_ms);
     let ttl = i64::try_from(state.config.access_token_ttl_secs).unwrap_or(300);
@@ -845,19 +860,26 @@ async fn sign_access(
         roles,
         email,
     };
-    state
-        .repository
-        .record_access_token(
-            &claims.jti,
-            family_id,
-            client_id,
-            subject,
-            (now + ttl) * 1000,
-        )
-        .await?;
-    state
+    let token = state
         .signer
         .sign(ACCESS_TOKEN_TYP, &claims)
+        .await
+        .map_err(OAuthError::server)?;
+    let record = IssuedAccess {
+        jti: claims.jti,
+        family_id: family_id.map(str::to_owned),
+        client_id: claims.client_id,
+        subject: claims.sub,
+        expires_at: claims.exp * 1000,
+    };
+    Ok((token, record))
+}
+
+/// Commits what a grant issued, with its audit record; the grant answers only after this.
+async fn record_issued(state: &AppState, issued: Issued) -> Result<(), OAuthError> {
+    state
+        .issuance()
+        .record(issued)
         .await
         .map_err(OAuthError::server)
 }
@@ -985,7 +1007,7 @@ async fn client_credentials_grant(
         }
         None => client.scopes.join(" "),
     };
-    let access_token = sign_access(
+    let (access_token, access) = sign_access(
         state,
         &client.id,
         audience,
@@ -996,13 +1018,24 @@ async fn client_credentials_grant(
         None,
     )
     .await?;
-    audit(
-        &state.audit,
+    let audit = audit::event(
         Event::TokenIssued,
         &client.id,
-        &[("grant", "client_credentials"), ("audience", audience)],
+        &[
+            ("grant", "client_credentials"),
+            ("audience", audience),
+            ("jti", &access.jti),
+        ],
+    );
+    record_issued(
+        state,
+        Issued {
+            access,
+            refresh: None,
+            audit,
+        },
     )
-    .await;
+    .await?;
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",

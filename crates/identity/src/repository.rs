@@ -11,7 +11,7 @@
 
 use bazaar_kit::storage::{now_ms, Database};
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use crate::model::{
     KeyState, NewUser, StoredClient, StoredCode, StoredKey, StoredRefresh, StoredSession,
@@ -112,6 +112,55 @@ pub struct NewRefresh<'a> {
     pub scope: &'a str,
     pub auth_time: i64,
     pub expires_at: i64,
+}
+
+/// An issued access token's record (its jti makes revocation and introspection exact).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuedAccess {
+    pub jti: String,
+    /// The grant it belongs to (none for client credentials).
+    pub family_id: Option<String>,
+    pub client_id: String,
+    pub subject: String,
+    pub expires_at: i64,
+}
+
+/// A refresh token issued beside an access token (stored as its hash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuedRefresh {
+    pub token_hash: String,
+    pub family_id: String,
+    pub client_id: String,
+    pub user_id: String,
+    pub scope: String,
+    pub auth_time: i64,
+    pub expires_at: i64,
+}
+
+/// Access-token rows per `INSERT`: a batch is written in chunks of these sizes (largest first),
+/// so a batch of any size costs a few statements and only these few shapes are prepared and
+/// cached. 64 rows of 5 values stay far below every engine's bound-parameter limit.
+const ACCESS_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+
+fn access_insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO access_tokens (jti, family_id, client_id, subject, expires_at, revoked) VALUES ",
+    );
+    for row in 0..rows {
+        let n = row * 5;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, 0)",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5
+        ));
+    }
+    sql
 }
 
 /// What a rotation attempt found.
@@ -626,6 +675,53 @@ impl Repository {
         .bind(expires_at)
         .execute(self.db.pool())
         .await?;
+        Ok(())
+    }
+
+    /// Records issued tokens on the caller's transaction (the group commit of `issuance`):
+    /// the access tokens in multi-row inserts, then the refresh tokens. Returns the driver's
+    /// error as is, so the caller can tell a conflict (retry the batch) from a failure.
+    pub async fn record_issued_in(
+        connection: &mut AnyConnection,
+        access: &[&IssuedAccess],
+        refresh: &[&IssuedRefresh],
+    ) -> Result<(), sqlx::Error> {
+        let mut rest = access;
+        while !rest.is_empty() {
+            let size = ACCESS_CHUNKS
+                .into_iter()
+                .find(|size| *size <= rest.len())
+                .unwrap_or(1);
+            let (chunk, tail) = rest.split_at(size);
+            let sql = access_insert_sql(size);
+            let mut query = sqlx::query(&sql);
+            for token in chunk {
+                query = query
+                    .bind(&token.jti)
+                    .bind(token.family_id.clone())
+                    .bind(&token.client_id)
+                    .bind(&token.subject)
+                    .bind(token.expires_at);
+            }
+            query.execute(&mut *connection).await?;
+            rest = tail;
+        }
+        for token in refresh {
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_hash, family_id, client_id, user_id, scope, \
+                 auth_time, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&token.token_hash)
+            .bind(&token.family_id)
+            .bind(&token.client_id)
+            .bind(&token.user_id)
+            .bind(&token.scope)
+            .bind(token.auth_time)
+            .bind(now_ms())
+            .bind(token.expires_at)
+            .execute(&mut *connection)
+            .await?;
+        }
         Ok(())
     }
 

@@ -9,9 +9,15 @@
 //! JWKS already knows the key that signs after a rotation. A `retired` key stays published
 //! until every token it signed has expired (`retired_at + max(access ttl, id token ttl) +
 //! 60 s` of clock-skew margin), then leaves the JWKS.
+//!
+//! The signing key is read from the database at most once per [`SIGNING_KEY_TTL`] instead of
+//! once per token (grants are hot). A rotation here drops the cached key at once; after a
+//! rotation on another instance this one signs with the just-retired key for at most that
+//! long, which is safe because a retired key stays published 60 s longer than its tokens live.
 
 use bazaar_kit::storage::now_ms;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto;
@@ -95,6 +101,33 @@ pub enum TokenError {
     Repo(#[from] RepoError),
 }
 
+/// How long the current signing key is used from memory before it is read again.
+pub const SIGNING_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The current signing key, as last read. Kept as the expanded Ed25519 key: deriving it from
+/// the stored PKCS#8 costs as much as a signature, so it is done once per read, not per token.
+struct SigningKey {
+    kid: String,
+    key: ed25519_dalek::SigningKey,
+    read_at: std::time::Instant,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish()
+    }
+}
+
+/// The cached signing key; `generation` counts this instance's rotations, so a read that
+/// started before a rotation cannot store the key it retired.
+#[derive(Debug, Default)]
+struct SigningCache {
+    generation: u64,
+    key: Option<std::sync::Arc<SigningKey>>,
+}
+
 /// Signs and verifies tokens with the keys in the database.
 #[derive(Clone, Debug)]
 pub struct Signer {
@@ -102,6 +135,7 @@ pub struct Signer {
     issuer: String,
     /// How long a retired key stays published, in milliseconds.
     retired_grace_ms: i64,
+    signing: std::sync::Arc<std::sync::Mutex<SigningCache>>,
 }
 
 impl Signer {
@@ -111,6 +145,7 @@ impl Signer {
             repository,
             issuer,
             retired_grace_ms: longest.saturating_mul(1000).saturating_add(60_000),
+            signing: Default::default(),
         }
     }
 
@@ -158,6 +193,11 @@ impl Signer {
             .ok_or_else(|| anyhow::anyhow!("no next key"))?;
         let new_next = Self::new_key(KeyState::Next)?;
         let retired = self.repository.rotate_keys(&next.kid, &new_next).await?;
+        {
+            let mut cache = self.signing_cache();
+            cache.generation += 1;
+            cache.key = None;
+        }
         Ok((next.kid.clone(), new_next.kid, retired))
     }
 
@@ -213,23 +253,61 @@ impl Signer {
         })
     }
 
-    async fn current_key(&self) -> anyhow::Result<(String, EncodingKey)> {
+    fn signing_cache(&self) -> std::sync::MutexGuard<'_, SigningCache> {
+        // Every update leaves the cache consistent, so a poisoned lock is still usable.
+        self.signing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn current_key(&self) -> anyhow::Result<std::sync::Arc<SigningKey>> {
+        let generation = {
+            let cache = self.signing_cache();
+            if let Some(key) = cache
+                .key
+                .as_ref()
+                .filter(|key| key.read_at.elapsed() < SIGNING_KEY_TTL)
+            {
+                return Ok(key.clone());
+            }
+            cache.generation
+        };
+        let read_at = std::time::Instant::now();
         let keys = self.repository.keys().await?;
         let key = keys
             .into_iter()
             .find(|k| k.state == KeyState::Current)
             .ok_or_else(|| anyhow::anyhow!("no current signing key"))?;
         let der = crypto::decode_private_key(&key.private_key)?;
-        Ok((key.kid, EncodingKey::from_ed_der(&der)))
+        let expanded = ed25519_dalek::SigningKey::from_pkcs8_der(&der)
+            .map_err(|e| anyhow::anyhow!("signing key {}: {e}", key.kid))?;
+        let signing = std::sync::Arc::new(SigningKey {
+            kid: key.kid,
+            key: expanded,
+            read_at,
+        });
+        let mut cache = self.signing_cache();
+        if cache.generation == generation {
+            cache.key = Some(signing.clone());
+        }
+        Ok(signing)
     }
 
-    /// Signs `claims` with the current key under header type `typ`.
+    /// Signs `claims` with the current key under header type `typ`: a JWS in compact form, the
+    /// same bytes `jsonwebtoken::encode` makes, signed with the already expanded key.
     pub async fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> anyhow::Result<String> {
-        let (kid, key) = self.current_key().await?;
+        use ed25519_dalek::Signer as _;
+        let signing = self.current_key().await?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(typ.to_owned());
-        header.kid = Some(kid);
-        jsonwebtoken::encode(&header, claims, &key).map_err(|e| anyhow::anyhow!("signing: {e}"))
+        header.kid = Some(signing.kid.clone());
+        let mut token = crypto::b64url(&serde_json::to_vec(&header)?);
+        token.push('.');
+        token.push_str(&crypto::b64url(&serde_json::to_vec(claims)?));
+        let signature = signing.key.sign(token.as_bytes());
+        token.push('.');
+        token.push_str(&crypto::b64url(&signature.to_bytes()));
+        Ok(token)
     }
 
     /// Verifies an access token's signature (against a published key), type, issuer, and

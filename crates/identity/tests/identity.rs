@@ -6,7 +6,8 @@
 //! - `storage_*`: the repository's atomic state changes, each written once as an `async fn`
 //!   over a database URL and run on SQLite always and on PostgreSQL when
 //!   `BAZAAR_TEST_POSTGRES_URL` is set; `postgres::full_flow` runs the whole authorization code
-//!   flow against PostgreSQL too.
+//!   flow against PostgreSQL too, and the issuance tests (concurrent grants all recorded and
+//!   audited; a failed batch answers no token) run a server on both engines.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -2030,6 +2031,182 @@ async fn full_flow(url: String) {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// issuance: every grant's token and audit record commit together, many grants per transaction
+
+/// A one-connection pool on the service's database, as an operator's tool would open it.
+async fn side_pool(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("the test opens the service's database")
+}
+
+async fn audit_records(url: &str) -> Vec<bazaar_kit::audit::AuditRecord> {
+    let pool = side_pool(url).await;
+    let records = bazaar_kit::audit::read_records(&pool, 0, 100_000)
+        .await
+        .expect("audit records");
+    pool.close().await;
+    records
+}
+
+fn token_issued(
+    records: &[bazaar_kit::audit::AuditRecord],
+) -> Vec<&bazaar_kit::audit::AuditRecord> {
+    records
+        .iter()
+        .filter(|r| r.action == "token.issued")
+        .collect()
+}
+
+async fn partner_grant(server: &Server, request_id: &str) -> (StatusCode, Value) {
+    let response = server
+        .http
+        .post(server.url("/oauth2/token"))
+        .basic_auth("demo-partner", Some("demo-partner-secret"))
+        .header("x-request-id", request_id)
+        .form(&[("grant_type", "client_credentials"), ("scope", "partner")])
+        .send()
+        .await
+        .expect("send");
+    (response.status(), response.json().await.expect("json"))
+}
+
+/// 500 client-credentials grants over 32 concurrent tasks: every token is recorded
+/// (introspection calls it active) and audited exactly once, with its own request's id, in a
+/// chain that verifies.
+async fn concurrent_grants_all_recorded_audited(url: String) {
+    const GRANTS: usize = 500;
+    const TASKS: usize = 32;
+    let server = std::sync::Arc::new(spawn_with(Some(url.clone()), |_| {}).await);
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let mut issued = Vec::new();
+                for n in (task..GRANTS).step_by(TASKS) {
+                    let request_id = format!("grant-{n}");
+                    let (status, body) = partner_grant(&server, &request_id).await;
+                    assert_eq!(status, StatusCode::OK, "{body}");
+                    let token = body["access_token"].as_str().expect("a token").to_owned();
+                    issued.push((request_id, token));
+                }
+                issued
+            })
+        })
+        .collect();
+    let mut issued = Vec::new();
+    for task in tasks {
+        issued.extend(task.await.expect("grant task"));
+    }
+    assert_eq!(issued.len(), GRANTS);
+
+    let mut answered = HashMap::new();
+    for (request_id, token) in &issued {
+        let introspection = server.introspect(token).await;
+        assert_eq!(
+            introspection["active"], true,
+            "{request_id}: {introspection}"
+        );
+        let jti = introspection["jti"].as_str().expect("jti").to_owned();
+        assert!(
+            answered.insert(jti, request_id.clone()).is_none(),
+            "jtis are unique"
+        );
+    }
+
+    let records = audit_records(&url).await;
+    bazaar_kit::audit::verify_chain(&records).expect("an unbroken chain");
+    let mut audited = HashMap::new();
+    for record in token_issued(&records) {
+        let details: Value = serde_json::from_str(&record.details).expect("details");
+        assert_eq!(details["grant"], "client_credentials");
+        assert_eq!(record.actor, "demo-partner");
+        let jti = details["jti"].as_str().expect("the record names its token");
+        assert!(
+            audited
+                .insert(jti.to_owned(), record.request_id.clone())
+                .is_none(),
+            "one token.issued record per token"
+        );
+    }
+    assert_eq!(
+        audited, answered,
+        "each answered token, and only those, is audited under its own request id"
+    );
+}
+
+/// When the batch's transaction fails (here its audit append: the table is gone), every grant
+/// waiting in it is refused with a server error and no token, and the token rows written before
+/// the failure are rolled back with it.
+async fn a_failed_batch_fails_every_grant_in_it(url: String) {
+    let server = std::sync::Arc::new(spawn_with(Some(url.clone()), |_| {}).await);
+    let (status, first) = partner_grant(&server, "before").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(token_issued(&audit_records(&url).await).len(), 1);
+
+    let pool = side_pool(&url).await;
+    sqlx::query("DROP TABLE audit_log")
+        .execute(&pool)
+        .await
+        .expect("drop");
+    let grants: Vec<_> = (0..64)
+        .map(|n| {
+            let server = server.clone();
+            tokio::spawn(async move { partner_grant(&server, &format!("doomed-{n}")).await })
+        })
+        .collect();
+    for grant in grants {
+        let (status, body) = grant.await.expect("grant task");
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert_eq!(body["error"], "server_error");
+        assert!(body.get("access_token").is_none(), "no token: {body}");
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM access_tokens")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 1, "only the first grant's token was committed");
+    pool.close().await;
+    assert_eq!(
+        server
+            .introspect(first["access_token"].as_str().unwrap())
+            .await["active"],
+        true
+    );
+}
+
+/// The signer's JWS is byte for byte what `jsonwebtoken::encode` makes with the stored key
+/// (Ed25519 signatures are deterministic), so caching the expanded key changed nothing visible.
+async fn signatures_match_jsonwebtoken(url: String) {
+    let repository = open(&url).await;
+    let signer = bazaar_identity::tokens::Signer::new(repository.clone(), "http://x".into(), 300);
+    let claims = serde_json::json!({"iss": "http://x", "sub": "s", "exp": 4_000_000_000_i64});
+    let ours = signer.sign("at+jwt", &claims).await.expect("signs");
+    let current = repository
+        .keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.state == bazaar_identity::model::KeyState::Current)
+        .expect("a current key");
+    let der = bazaar_identity::crypto::decode_private_key(&current.private_key).unwrap();
+    let mut header = jsonwebtoken::Header::new(Algorithm::EdDSA);
+    header.typ = Some("at+jwt".into());
+    header.kid = Some(current.kid.clone());
+    let theirs = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(&der),
+    )
+    .unwrap();
+    assert_eq!(ours, theirs);
+    repository.database().close().await;
+}
+
 macro_rules! storage_tests {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -2060,4 +2237,7 @@ storage_tests!(
     refresh_rotation_and_family_revocation,
     keys_rotate_atomically,
     full_flow,
+    concurrent_grants_all_recorded_audited,
+    a_failed_batch_fails_every_grant_in_it,
+    signatures_match_jsonwebtoken,
 );
