@@ -98,7 +98,11 @@ impl Database {
                 Engine::Sqlite => 8,
                 Engine::Postgres => 10,
             })
-            .acquire_timeout(Duration::from_secs(5));
+            .acquire_timeout(Duration::from_secs(5))
+            // A pooled SQLite connection is a file handle in this process: it cannot go stale
+            // the way a network connection can, so pinging it before every use is pure cost (a
+            // round trip to SQLite's worker thread per query).
+            .test_before_acquire(engine != Engine::Sqlite);
         let options = if engine == Engine::Sqlite {
             options.after_connect(|connection, _| {
                 Box::pin(async move {
