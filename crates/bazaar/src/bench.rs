@@ -1,7 +1,9 @@
-//! `bazaar bench gateway`: load the catalog directly and through the gateway with the same
-//! number of keep-alive connections for the same time, and report throughput, latency
-//! percentiles and the latency the gateway adds. Starts its own registry, catalog and gateway
-//! (in a temporary data directory, on free ports) unless `--external` is given.
+//! Load generators. `bazaar bench gateway`: load the catalog directly and through the gateway
+//! with the same number of keep-alive connections for the same time, and report throughput,
+//! latency percentiles and the latency the gateway adds; it starts its own registry, catalog and
+//! gateway (in a temporary data directory, on free ports) unless `--external` is given.
+//! `bazaar bench auth`: token grants and JWT-verified requests. `bazaar bench checkout`
+//! ([`checkout`]): orders through the saga against a running system.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,8 @@ use serde::Serialize;
 use crate::cli::{BenchArgs, BenchCommand, Global};
 use crate::output;
 use crate::supervisor::{self, Planned};
+
+mod checkout;
 
 /// Result of one load run.
 #[derive(Debug, Serialize)]
@@ -41,6 +45,7 @@ pub async fn bench(global: Global, args: BenchArgs) -> anyhow::Result<()> {
             connections,
             seconds,
         } => auth_bench(global, connections, seconds).await,
+        BenchCommand::Checkout(args) => checkout::run(global, args).await,
     }
 }
 
@@ -424,13 +429,7 @@ pub async fn load_probe(
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if all.is_empty() {
-            return 0.0;
-        }
-        let index = ((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1;
-        all[index] as f64 / 1000.0
-    };
+    let pct = |p: f64| percentile_ms(&all, p);
     Ok(LoadReport {
         target: base.to_owned(),
         requests: all.len() as u64,
@@ -442,4 +441,14 @@ pub async fn load_probe(
         p99_ms: pct(0.99),
         max_ms: all.last().map_or(0.0, |m| *m as f64 / 1000.0),
     })
+}
+
+/// The `p` quantile (0..=1, nearest rank) of `sorted` microseconds, in milliseconds; 0 when
+/// empty.
+pub fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index] as f64 / 1000.0
 }

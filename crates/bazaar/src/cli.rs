@@ -56,7 +56,7 @@ pub enum Command {
     Status(StatusArgs),
     /// Browse and manage the product catalogue through the gateway.
     Products(ProductsArgs),
-    /// Measure gateway throughput and added latency.
+    /// Measure throughput and latency: the gateway, token grants, checkouts.
     Bench(BenchArgs),
     /// Check the audit logs.
     Audit(AuditArgs),
@@ -349,4 +349,43 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Checkouts per second through the gateway of a running system (`--gateway`): orders
+    /// accepted and confirmed per second, placement and placement-to-confirmed latency.
+    Checkout(CheckoutBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckoutBenchArgs {
+    /// Concurrent placement loops (each with its own keep-alive connection and one request in
+    /// flight).
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Seconds of measured placement.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Seconds of unmeasured placement first (connections, caches and pools warm up).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Longest wait after the window for placed orders to reach a terminal status.
+    #[arg(long, default_value_t = 60)]
+    pub drain: u64,
+    /// Closed loop: each connection waits for its order to be confirmed or cancelled (polling
+    /// its status) before placing the next, so the load is what the saga sustains. Without
+    /// it, orders are placed as fast as they are accepted and a backlog can build up.
+    #[arg(long)]
+    pub closed_loop: bool,
+    /// Shoppers to register and sign in (default: one per connection).
+    #[arg(long)]
+    pub users: Option<usize>,
+    /// The product every order buys one unit of.
+    #[arg(long, default_value = "kitchen-espresso-cup-set")]
+    pub product: String,
+    /// Units each warehouse is topped up to before the run, so stock cannot run out.
+    #[arg(long, default_value_t = 500_000)]
+    pub stock: i64,
+    /// An admin account, to top up the stock.
+    #[arg(long, default_value = "admin@bazaar.test")]
+    pub admin_email: String,
+    #[arg(long, default_value = "admin-pass-1", hide_default_value = true)]
+    pub admin_password: String,
 }

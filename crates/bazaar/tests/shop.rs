@@ -1,7 +1,7 @@
 //! The shop end to end, with every service a real process behind the gateway: checkout through
-//! the saga to a confirmed order (cart cleared, email in the mailbox, one captured payment), a
-//! declined card and an unshippable address cancelled with their reasons, and the guarantees
-//! that need real processes and real kills (G2, G4, G6, G9 and the oversell race).
+//! the saga to a confirmed order (cart cleared, email in the mailbox, one captured payment, the
+//! consumers' lag in `bazaar status`), a checkout charged in euros, a declined card and an
+//! unshippable address cancelled with their reasons, and orders killed after each saga step.
 
 mod support;
 
@@ -61,15 +61,30 @@ impl Shop {
     }
 
     fn place(&self, key: &str, card_token: &str, postal_code: &str) -> (u16, Value) {
+        self.place_in(key, card_token, postal_code, None)
+    }
+
+    /// Places an order charged in `currency` (the catalogue's when `None`).
+    fn place_in(
+        &self,
+        key: &str,
+        card_token: &str,
+        postal_code: &str,
+        currency: Option<&str>,
+    ) -> (u16, Value) {
+        let mut body = json!({
+            "shipping_address": {"name": "Test Shopper", "line1": "1 Main St", "city": "New York",
+                "country": "US", "postal_code": postal_code},
+            "card_token": card_token,
+        });
+        if let Some(currency) = currency {
+            body["currency"] = json!(currency);
+        }
         let response = http()
             .post(format!("{}/api/v1/orders", self.base))
             .bearer_auth(&self.token)
             .header("idempotency-key", key)
-            .json(&json!({
-                "shipping_address": {"name": "Test Shopper", "line1": "1 Main St", "city": "New York",
-                    "country": "US", "postal_code": postal_code},
-                "card_token": card_token,
-            }))
+            .json(&body)
             .send()
             .expect("place order");
         let status = response.status().as_u16();
@@ -89,6 +104,106 @@ impl Shop {
         });
         last
     }
+
+    fn await_cart_cleared(&self) {
+        wait_until("the cart to be cleared", Duration::from_secs(20), || {
+            self.call(reqwest::Method::GET, "/api/v1/cart", None).1["lines"]
+                .as_array()
+                .is_some_and(|l| l.is_empty())
+        });
+    }
+
+    /// The payments of an order that were captured.
+    fn captured_payments(&self, order_id: &str) -> Vec<Value> {
+        let (status, payments) = self.call(
+            reqwest::Method::GET,
+            &format!("/api/v1/payments?order_id={order_id}"),
+            None,
+        );
+        assert_eq!(status, 200, "{payments}");
+        payments["payments"]
+            .as_array()
+            .expect("payments")
+            .iter()
+            .filter(|p| p["status"] == "captured")
+            .cloned()
+            .collect()
+    }
+
+    /// The mailbox item with this subject, once it arrived.
+    fn await_email(&self, subject: &str) -> Value {
+        let mut found = Value::Null;
+        wait_until(
+            &format!("the email {subject:?}"),
+            Duration::from_secs(20),
+            || {
+                let (_, mailbox) = self.call(reqwest::Method::GET, "/api/v1/notifications", None);
+                found = mailbox["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|item| item["subject"] == subject)
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                !found.is_null()
+            },
+        );
+        found
+    }
+}
+
+/// `amount_minor` of `from` in `to`, from the published rate table, computed here independently
+/// of the currency service: the exact fraction rounded once, half to even (docs/currency.md).
+fn half_even_conversion(table: &Value, amount_minor: i64, from: &str, to: &str) -> i64 {
+    let currency = |code: &str| {
+        let entry = table["currencies"]
+            .as_array()
+            .expect("currencies")
+            .iter()
+            .find(|c| c["code"] == code)
+            .unwrap_or_else(|| panic!("{code} in the rate table: {table}"))
+            .clone();
+        let rate = match &entry["rate"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let (whole, fraction) = rate.split_once('.').unwrap_or((&rate, ""));
+        let mantissa: i128 = format!("{whole}{fraction}").parse().expect("rate digits");
+        let exponent = entry["minor_units"].as_u64().expect("minor_units") as u32;
+        (mantissa, fraction.len() as u32, exponent)
+    };
+    let (m_from, s_from, e_from) = currency(from);
+    let (m_to, s_to, e_to) = currency(to);
+    let numerator = amount_minor as i128 * m_to * 10i128.pow(e_to + s_from);
+    let denominator = m_from * 10i128.pow(e_from + s_to);
+    let (quotient, remainder) = (numerator / denominator, numerator % denominator);
+    let rounded = match (2 * remainder).cmp(&denominator) {
+        std::cmp::Ordering::Less => quotient,
+        std::cmp::Ordering::Greater => quotient + 1,
+        std::cmp::Ordering::Equal => quotient + quotient % 2,
+    };
+    rounded as i64
+}
+
+/// `bazaar status --json`'s consumer lag of `group` on `source`, from any instance reporting it.
+fn status_lag(registry_port: u16, group: &str, source: &str) -> Option<Value> {
+    let (ok, out) = cli(&[
+        "--registry",
+        &format!("http://127.0.0.1:{registry_port}"),
+        "--json",
+        "status",
+    ]);
+    assert!(ok, "status ran: {out}");
+    let status: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status json: {e}: {out}"));
+    status["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter(|i| i["service"] == group)
+        .flat_map(|i| i["consumer_lag"].as_array().cloned().unwrap_or_default())
+        .find(|l| l["group"] == group && l["source"] == source)
+        .map(|l| l["lag"].clone())
 }
 
 fn reconcile(registry_port: u16) -> Value {
@@ -199,34 +314,73 @@ fn checkout_scenario(env: &[(&str, &str)]) {
     );
 
     // The cart empties and the mailbox fills, both through events.
-    wait_until("the cart to be cleared", Duration::from_secs(20), || {
-        shop.call(reqwest::Method::GET, "/api/v1/cart", None).1["lines"]
-            .as_array()
-            .is_some_and(|l| l.is_empty())
-    });
-    wait_until("the confirmation email", Duration::from_secs(20), || {
-        let mailbox = shop
-            .call(reqwest::Method::GET, "/api/v1/notifications", None)
-            .1;
-        mailbox.to_string().contains(&id)
-            && mailbox.to_string().to_lowercase().contains("confirmed")
-    });
-    let (_, payments) = shop.call(
+    shop.await_cart_cleared();
+    shop.await_email(&format!("Your order {id} is confirmed"));
+    let captured = shop.captured_payments(&id);
+    assert_eq!(captured.len(), 1, "{captured:#?}");
+    assert_eq!(captured[0]["amount"], order["total"], "{captured:#?}");
+
+    // `bazaar status` shows each consumer's lag per source, read from the instances' /metrics:
+    // notifications has consumed the orders feed, so its lag there is a number (0 once idle).
+    let mut lag = None;
+    wait_until(
+        "bazaar status to show notifications' lag on orders",
+        Duration::from_secs(20),
+        || {
+            lag = status_lag(base_port, "notifications", "orders");
+            lag.as_ref().is_some_and(Value::is_i64)
+        },
+    );
+    assert!(lag.unwrap().as_i64().unwrap() >= 0);
+
+    // Charged in euros: the total is the currency service's half-even conversion of the USD
+    // total (lines plus shipping), the captured payment is that amount in EUR, and the order
+    // and its email say so.
+    shop.add_to_cart("home-brass-table-lamp", 1);
+    let (status, placed) = shop.place_in("checkout-eur", &card, "10001", Some("EUR"));
+    assert_eq!(status, 202, "{placed}");
+    let eur_id = placed["order_id"].as_str().expect("order_id").to_owned();
+    let order = shop.await_terminal(&eur_id, Duration::from_secs(60));
+    assert_eq!(order["status"], "confirmed", "{order:#}");
+    assert_eq!(order["currency"], "EUR", "{order:#}");
+    assert_eq!(order["total"]["currency"], "EUR", "{order:#}");
+    assert_eq!(order["subtotal"]["currency"], "USD", "{order:#}");
+    let usd_total = order["subtotal"]["amount_minor"].as_i64().unwrap()
+        + order["shipping"]["amount_minor"].as_i64().unwrap();
+    let eur_total = order["total"]["amount_minor"].as_i64().unwrap();
+    let (status, conversion) = shop.call(
         reqwest::Method::GET,
-        &format!("/api/v1/payments?order_id={id}"),
+        &format!("/api/v1/currencies/convert?amount_minor={usd_total}&from=USD&to=EUR"),
         None,
     );
-    let captured: Vec<&Value> = payments["payments"]
-        .as_array()
-        .expect("payments")
-        .iter()
-        .filter(|p| p["status"] == "captured")
-        .collect();
-    assert_eq!(captured.len(), 1, "{payments:#}");
+    assert_eq!(status, 200, "{conversion}");
+    assert_eq!(conversion["rounding"], "half-even", "{conversion}");
     assert_eq!(
-        captured[0]["amount"]["amount_minor"],
-        order["total"]["amount_minor"]
+        conversion["amount_minor"], eur_total,
+        "{conversion} vs {order:#}"
     );
+    let (status, table) = shop.call(reqwest::Method::GET, "/api/v1/currencies", None);
+    assert_eq!(status, 200, "{table}");
+    assert_eq!(
+        half_even_conversion(&table, usd_total, "USD", "EUR"),
+        eur_total,
+        "{order:#}"
+    );
+    assert_ne!(eur_total, usd_total, "a real conversion: {order:#}");
+    let captured = shop.captured_payments(&eur_id);
+    assert_eq!(captured.len(), 1, "{captured:#?}");
+    assert_eq!(
+        captured[0]["amount"],
+        json!({"amount_minor": eur_total, "currency": "EUR"}),
+        "{captured:#?}"
+    );
+    let email = shop.await_email(&format!("Your order {eur_id} is confirmed"));
+    let shown = format!("Total: €{}.{:02}", eur_total / 100, eur_total % 100);
+    assert!(
+        email["body"].as_str().unwrap_or_default().contains(&shown),
+        "{shown} in {email:#}"
+    );
+    shop.await_cart_cleared();
 
     // A declined card and an unshippable address are cancelled, with the reason, and undone.
     shop.add_to_cart("kitchen-espresso-cup-set", 1);
@@ -258,7 +412,7 @@ fn checkout_scenario(env: &[(&str, &str)]) {
 
     let report = reconcile(base_port);
     assert_eq!(report["findings"], json!([]), "{report:#}");
-    assert_eq!(report["confirmed"], 1, "{report:#}");
+    assert_eq!(report["confirmed"], 2, "{report:#}");
     assert_eq!(report["cancelled"], 2, "{report:#}");
 }
 

@@ -14,11 +14,12 @@
 //! shipment is the pivot: after it, steps are only retried, never compensated. Compensation
 //! itself is retried until done (G5).
 //!
-//! One worker drives an order at a time: it claims the row for a while (renewed per step), so
-//! several orders instances can share the work on PostgreSQL.
+//! One worker drives an order at a time: it claims the row for a while (renewed per step, in
+//! the step's own write), so several orders instances can share the work on PostgreSQL; within
+//! a worker, an order already being driven is not started a second time.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bazaar_kit::storage::now_ms;
@@ -70,6 +71,9 @@ pub struct Saga {
     worker: String,
     settings: SagaSettings,
     wake: Arc<Notify>,
+    /// Orders this worker is driving now: `due` still lists an order between its task's start
+    /// and its claim, and driving it twice would repeat (idempotent, but costly) steps.
+    driving: Arc<Mutex<HashSet<String>>>,
 }
 
 /// What running one step decided.
@@ -101,6 +105,7 @@ impl Saga {
             worker,
             settings,
             wake: Arc::new(Notify::new()),
+            driving: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -118,6 +123,9 @@ impl Saga {
             match due {
                 Ok(ids) => {
                     for id in ids {
+                        let Some(driving) = Driving::start(&self.driving, &id) else {
+                            continue;
+                        };
                         let Ok(permit) = permits.clone().try_acquire_owned() else {
                             break;
                         };
@@ -125,6 +133,8 @@ impl Saga {
                         let saga = self.clone();
                         tokio::spawn(async move {
                             saga.drive(&id).await;
+                            // Even if `drive` panicked, the guard's drop lets the order go.
+                            drop(driving);
                             drop(permit);
                             saga.wake();
                         });
@@ -140,8 +150,9 @@ impl Saga {
                 }
                 continue;
             }
-            let pause = match self.repository.next_due_at().await {
-                Ok(Some(at)) => (at - now_ms()).clamp(5, 1_000),
+            let now = now_ms();
+            let pause = match self.repository.next_due_at(now).await {
+                Ok(Some(at)) => (at - now).clamp(5, 1_000),
                 _ => 1_000,
             };
             let _ = tokio::time::timeout(Duration::from_millis(pause as u64), self.wake.notified())
@@ -152,25 +163,24 @@ impl Saga {
     /// Drives one order as far as it can go now. Public so tests can run a saga to completion
     /// without the background worker.
     pub async fn drive(&self, id: &str) {
+        let claimed = self
+            .repository
+            .claim(id, &self.worker, now_ms() + CLAIM_MS)
+            .await;
+        let mut order = match claimed {
+            Ok(Some(order)) => order,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, order_id = id, "cannot claim the order");
+                return;
+            }
+        };
         loop {
-            let claimed = self
-                .repository
-                .claim(id, &self.worker, now_ms() + CLAIM_MS)
-                .await;
-            let order = match claimed {
-                Ok(Some(order)) => order,
-                Ok(None) => return,
-                Err(error) => {
-                    tracing::warn!(%error, order_id = id, "cannot claim the order");
-                    return;
-                }
-            };
+            // Each recorded step renews the claim (or releases it when the order stops) in its
+            // own write, and leaves the row as `order` now is, so nothing is read back.
             match self.step(order).await {
-                Ok(true) => continue,
-                Ok(false) => {
-                    let _ = self.repository.unclaim(id, &self.worker).await;
-                    return;
-                }
+                Ok(Some(next)) => order = next,
+                Ok(None) => return,
                 Err(error) => {
                     tracing::warn!(%error, order_id = id, "cannot record a saga step");
                     let _ = self.repository.unclaim(id, &self.worker).await;
@@ -180,9 +190,10 @@ impl Saga {
         }
     }
 
-    /// Runs the order's current step and records what happened; `true` when the saga can go on
-    /// at once.
-    async fn step(&self, order: StoredOrder) -> Result<bool, sqlx::Error> {
+    /// Runs the order's current step and records what happened; the order as recorded when the
+    /// saga can go on at once (the claim renewed), `None` when it stops for now (the claim
+    /// released) or the claim was lost.
+    async fn step(&self, order: StoredOrder) -> Result<Option<StoredOrder>, sqlx::Error> {
         let current = order.step.clone();
         let mut saga = order.saga.clone();
         let mut shipping_minor = order.shipping_minor;
@@ -213,6 +224,7 @@ impl Saga {
             next_attempt_at_ms: now,
             history: history("ok", String::new()),
             event: None,
+            claimed_until_ms: 0,
         };
         let go_on = match outcome {
             Ok(Next::Advance { step, detail }) => {
@@ -267,6 +279,9 @@ impl Saga {
                 false
             }
         };
+        if go_on {
+            update.claimed_until_ms = now + CLAIM_MS;
+        }
         let recorded = self
             .repository
             .record_step(&self.outbox, &order.id, &self.worker, &update)
@@ -275,7 +290,7 @@ impl Saga {
             tracing::info!(order_id = %order.id, step = %current, next = %update.step,
                 status = %update.status, "saga step recorded");
         }
-        Ok(recorded && go_on)
+        Ok((recorded && go_on).then(|| order.with_update(&update, now)))
     }
 
     fn backoff_ms(&self, attempts: i64) -> i64 {
@@ -499,6 +514,35 @@ impl Saga {
                 .unwrap_or(fallback),
             Err(_) => fallback,
         }
+    }
+}
+
+/// An order this worker is driving, marked in its set until dropped.
+struct Driving {
+    set: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl Driving {
+    /// Marks `id` as driven; `None` when it already is.
+    fn start(set: &Arc<Mutex<HashSet<String>>>, id: &str) -> Option<Self> {
+        let fresh = set
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id.to_owned());
+        fresh.then(|| Self {
+            set: set.clone(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.id);
     }
 }
 

@@ -7,8 +7,16 @@
 //! together with its event (transactional outbox) in one transaction. A status only moves
 //! forward through conditional updates (`WHERE status = <expected>`), so a concurrent retry
 //! can neither apply an answer twice nor publish an event twice.
+//!
+//! On SQLite the writes of this process take turns (`Repository::write_turn`): SQLite has one
+//! writer at a time and makes the others poll with growing sleeps (its busy handler waits up to
+//! 100 ms between tries), which under load cost far more than the writes and held pool
+//! connections the reads needed; queued in memory, each write starts the moment the previous
+//! one commits. PostgreSQL locks rows, so its writers run side by side.
 
-use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
+use std::sync::Arc;
+
+use bazaar_kit::storage::{now_ms, retry_conflicts, Database, Engine};
 use bazaar_messaging::{NewEvent, Outbox};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -102,11 +110,23 @@ fn operation_from_row(row: &AnyRow) -> Result<StoredOperation, RepoError> {
 pub struct Repository {
     db: Database,
     outbox: Outbox,
+    /// Whose turn it is to write (SQLite only; see the module's documentation).
+    writer: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Repository {
     pub fn new(db: Database, outbox: Outbox) -> Self {
-        Self { db, outbox }
+        let writer = (db.engine() == Engine::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        Self { db, outbox, writer }
+    }
+
+    /// Waits for this process's turn to write (SQLite); held until dropped. Taken before a
+    /// pool connection, for one statement or transaction at a time, so it cannot deadlock.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.writer {
+            Some(writer) => Some(writer.lock().await),
+            None => None,
+        }
     }
 
     pub fn database(&self) -> &Database {
@@ -119,6 +139,7 @@ impl Repository {
 
     /// Saves a tokenized card for its owner.
     pub async fn save_card(&self, card: &StoredCard) -> Result<(), RepoError> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO cards (token, user_id, brand, last4, exp_month, exp_year, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -168,6 +189,7 @@ impl Repository {
         payment: &StoredPayment,
     ) -> Result<Inserted<StoredPayment>, RepoError> {
         let p = &payment.payment;
+        let turn = self.write_turn().await;
         let inserted = sqlx::query(&format!(
             "INSERT INTO payments ({PAYMENT_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
@@ -188,6 +210,7 @@ impl Repository {
         .bind(p.updated_at_ms)
         .execute(self.db.pool())
         .await;
+        drop(turn);
         match inserted {
             Ok(_) => Ok(Inserted::New(payment.clone())),
             Err(error) if is_unique_violation(&error) => self
@@ -261,6 +284,7 @@ impl Repository {
             Some(_) => Status::Declined,
         };
         let appended = retry_conflicts(|| async {
+            let _turn = self.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
             let updated = sqlx::query(
                 "UPDATE payments SET status = $1, decline_code = $2, processor_id = $3, \
@@ -343,6 +367,7 @@ impl Repository {
         operation: &StoredOperation,
     ) -> Result<Inserted<StoredOperation>, RepoError> {
         let now = now_ms();
+        let turn = self.write_turn().await;
         let inserted = sqlx::query(
             "INSERT INTO payment_operations (idempotency_key, payment_id, operation, \
              processor_key, done, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, $5, $5)",
@@ -354,6 +379,7 @@ impl Repository {
         .bind(now)
         .execute(self.db.pool())
         .await;
+        drop(turn);
         match inserted {
             Ok(_) => Ok(Inserted::New(operation.clone())),
             Err(error) if is_unique_violation(&error) => self
@@ -374,6 +400,7 @@ impl Repository {
     ) -> Result<StoredPayment, RepoError> {
         let op = operation.operation;
         let appended = retry_conflicts(|| async {
+            let _turn = self.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
             let now = now_ms();
             let updated = sqlx::query(
