@@ -222,6 +222,14 @@ fn a_visitor_shops_signed_out_signs_in_checks_out_once_and_signs_out() {
         page.contains("not filled in correctly") && page.contains("quantity"),
         "{page}"
     );
+    // A query string that does not parse is answered the same way.
+    let bad = site.get(&browser, "/search?q=mug&page=second");
+    assert_eq!(bad.status(), 400);
+    let page = bad.text().expect("html");
+    assert!(
+        page.contains("not filled in correctly") && page.contains("page"),
+        "{page}"
+    );
 
     // Sign in: back where the visitor was going, with a session cookie and no token in sight.
     let (landed, callback) = site.sign_in(&browser, "/checkout", DEMO_CUSTOMER.0, DEMO_CUSTOMER.1);

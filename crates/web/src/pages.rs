@@ -290,9 +290,18 @@ impl IntoResponse for PageError {
     }
 }
 
-/// A submitted form, like `axum::Form`, but a form that does not parse (a quantity that is not
-/// a number, a missing field) is answered with the error page naming what was wrong, not a bare
-/// text response.
+/// The error page for a form or query string that does not parse (a quantity or page that is
+/// not a number, a missing field): axum's rejection text names the field and the problem.
+fn unparsable(text: String) -> PageError {
+    PageError::new(
+        StatusCode::BAD_REQUEST,
+        "That form was not filled in correctly",
+        text,
+    )
+}
+
+/// A submitted form, like `axum::Form`, but one that does not parse is answered with the error
+/// page naming what was wrong, not a bare text response.
 #[derive(Debug, Clone)]
 pub struct WebForm<T>(pub T);
 
@@ -304,15 +313,32 @@ where
     type Rejection = PageError;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, PageError> {
-        match axum::Form::<T>::from_request(request, state).await {
-            Ok(axum::Form(value)) => Ok(WebForm(value)),
-            Err(rejection) => Err(PageError::new(
-                StatusCode::BAD_REQUEST,
-                "That form was not filled in correctly",
-                // axum's text names the field and the problem ("quantity: invalid digit...").
-                rejection.body_text(),
-            )),
-        }
+        axum::Form::<T>::from_request(request, state)
+            .await
+            .map(|axum::Form(value)| WebForm(value))
+            .map_err(|rejection| unparsable(rejection.body_text()))
+    }
+}
+
+/// A query string, like `axum::extract::Query`, answered like [`WebForm`] when it does not parse.
+#[derive(Debug, Clone)]
+pub struct WebQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for WebQuery<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, PageError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| WebQuery(value))
+            .map_err(|rejection| unparsable(rejection.body_text()))
     }
 }
 

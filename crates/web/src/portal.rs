@@ -20,7 +20,7 @@ mod quota;
 pub use docs::{curl_example, from_openapi, ApiDocs, Tier};
 pub use quota::{percent_used, Meter, Plan, PlanView};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::backend::{query_value, BackendError, BackendResult, Caller};
-use crate::pages::{render, render_status, WebForm};
+use crate::pages::{render, render_status, WebForm, WebQuery};
 use crate::visitor::Visitor;
 use crate::AppState;
 
@@ -164,7 +164,7 @@ struct KeysOutcome {
 async fn keys_page(
     State(state): State<AppState>,
     visitor: Visitor,
-    Query(query): Query<KeysQuery>,
+    WebQuery(query): WebQuery<KeysQuery>,
 ) -> Response {
     if let Some(signin) = visitor.signin_redirect() {
         return signin;
@@ -387,7 +387,7 @@ struct TryQuery {
 async fn try_page(
     State(state): State<AppState>,
     visitor: Visitor,
-    Query(query): Query<TryQuery>,
+    WebQuery(query): WebQuery<TryQuery>,
 ) -> Response {
     let chrome = visitor.chrome(&state).await;
     let (path, error) = match query.path.as_deref() {

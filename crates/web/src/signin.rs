@@ -6,7 +6,7 @@
 //! Also the registration page: identity offers registration as an API only, so the form lives
 //! here and posts to it, then sends the new customer to sign in.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::backend::{query_value, Caller};
-use crate::pages::{render, render_status, PageError, WebForm};
+use crate::pages::{render, render_status, PageError, WebForm, WebQuery};
 use crate::sessions::{random_token, PendingSignin, SignedIn};
 use crate::visitor::{cookie_value, set_cookie, Visitor, CART_COOKIE, SESSION_COOKIE};
 use crate::AppState;
@@ -50,7 +50,7 @@ pub struct SigninQuery {
 /// `GET /signin`: starts the authorization code flow.
 pub async fn signin(
     State(state): State<AppState>,
-    Query(query): Query<SigninQuery>,
+    WebQuery(query): WebQuery<SigninQuery>,
 ) -> Result<Response, PageError> {
     let code_verifier = random_token();
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(code_verifier.as_bytes()));
@@ -99,7 +99,7 @@ struct TokenAnswer {
 pub async fn callback(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<CallbackQuery>,
+    WebQuery(query): WebQuery<CallbackQuery>,
 ) -> Result<Response, PageError> {
     if let Some(error) = query.error {
         return Err(PageError::new(

@@ -2,7 +2,7 @@
 //! and the mailbox. Each page asks the services it needs concurrently and renders what it got:
 //! a service that is down costs its part of the page (with a message), not the page.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::backend::{query_value, BackendError, BackendResult};
-use crate::pages::{render, render_status, PageError, WebForm};
+use crate::pages::{render, render_status, PageError, WebForm, WebQuery};
 use crate::signin::safe_return_to;
 use crate::visitor::{set_cookie, Visitor, CURRENCY_COOKIE};
 use crate::AppState;
@@ -83,7 +83,7 @@ struct SearchQuery {
 async fn search(
     State(state): State<AppState>,
     visitor: Visitor,
-    Query(query): Query<SearchQuery>,
+    WebQuery(query): WebQuery<SearchQuery>,
 ) -> Response {
     let page = query.page.unwrap_or(1).max(1);
     let sort = match query.sort.as_str() {
@@ -160,7 +160,7 @@ async fn product(
     State(state): State<AppState>,
     visitor: Visitor,
     Path(id): Path<String>,
-    Query(estimate): Query<EstimateQuery>,
+    WebQuery(estimate): WebQuery<EstimateQuery>,
 ) -> Result<Response, PageError> {
     let caller = visitor.caller();
     let product_path = format!("/api/v1/products/{}", query_value(&id));

@@ -7,7 +7,7 @@
 //! the version the form was filled from, so an edit never overwrites a change the admin has not
 //! seen.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::unavailable;
 use super::Admin;
 use crate::backend::{query_value, BackendError};
-use crate::pages::{render_status, WebForm};
+use crate::pages::{render_status, WebForm, WebQuery};
 use crate::visitor::Visitor;
 use crate::AppState;
 
@@ -107,7 +107,7 @@ fn integer(field: &str, text: &str, what: &str) -> Result<i64, Refusal> {
 pub async fn list(
     State(state): State<AppState>,
     Admin(visitor): Admin,
-    Query(query): Query<ListQuery>,
+    WebQuery(query): WebQuery<ListQuery>,
 ) -> Response {
     list_page(
         &state,
@@ -335,7 +335,7 @@ pub async fn product(
     State(state): State<AppState>,
     Admin(visitor): Admin,
     Path(id): Path<String>,
-    Query(query): Query<ProductQuery>,
+    WebQuery(query): WebQuery<ProductQuery>,
 ) -> Response {
     product_page(
         &state,

@@ -5,7 +5,7 @@
 //! The detail page asks payments and shipping by the order id from the URL, so it still shows
 //! them while the orders service is down.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::unavailable;
 use super::Admin;
 use crate::backend::query_value;
-use crate::pages::render_status;
+use crate::pages::{render_status, WebQuery};
 use crate::AppState;
 
 /// The saga's forward steps, in order (crates/orders/src/saga.rs).
@@ -47,7 +47,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     Admin(visitor): Admin,
-    Query(query): Query<ListQuery>,
+    WebQuery(query): WebQuery<ListQuery>,
 ) -> Response {
     let limit = super::number(&query.limit, 50, 1, 200);
     let mut path = format!("/api/v1/admin/orders?limit={limit}");

@@ -3,7 +3,7 @@
 //! `GET /api/v1/admin/audit`), and `/admin/chaos` (the chaos hooks that exist today, and how to
 //! stop an instance by hand).
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::topology::services_health;
 use super::unavailable;
 use super::Admin;
-use crate::pages::render;
+use crate::pages::{render, WebQuery};
 use crate::AppState;
 
 /// The services that keep an audit log (`bazaar_kit::audit::AuditLog`).
@@ -28,7 +28,7 @@ pub struct UsersQuery {
 pub async fn users(
     State(state): State<AppState>,
     Admin(visitor): Admin,
-    Query(query): Query<UsersQuery>,
+    WebQuery(query): WebQuery<UsersQuery>,
 ) -> Response {
     let caller = visitor.caller();
     let (chrome, users) = tokio::join!(
@@ -83,7 +83,7 @@ struct AuditPart {
 pub async fn audit(
     State(state): State<AppState>,
     Admin(visitor): Admin,
-    Query(query): Query<AuditQuery>,
+    WebQuery(query): WebQuery<AuditQuery>,
 ) -> Response {
     let limit = super::number(&query.limit, 20, 1, 500);
     let caller = visitor.caller();
