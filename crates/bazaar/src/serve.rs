@@ -27,9 +27,15 @@ pub async fn serve(global: Global, args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = args.database_url {
         sources = sources.set("database_url", url);
     }
-    let service = (spec.build)(sources).await?;
-    let listener = service.bind().await?;
-    service
-        .run(listener, bazaar_kit::server::shutdown_signal())
-        .await
+    let outcome = async {
+        let service = (spec.build)(sources).await?;
+        let listener = service.bind().await?;
+        service
+            .run(listener, bazaar_kit::server::shutdown_signal())
+            .await
+    }
+    .await;
+    // The log is written by a background thread: let it finish before the process ends.
+    bazaar_kit::telemetry::flush_logs();
+    outcome
 }

@@ -26,7 +26,11 @@ where
 {
     Box::pin(async move {
         let (common, config) = sources.load::<C>(CommonConfig::defaults(name, port))?;
-        bazaar_kit::telemetry::init_logging(common.log_format, &common.log_level);
+        bazaar_kit::telemetry::init_logging(
+            common.log_format,
+            &common.log_level,
+            common.log_file.as_deref(),
+        );
         build(common, config).await
     })
 }

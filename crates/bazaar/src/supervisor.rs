@@ -140,6 +140,11 @@ pub fn spawn(
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }
+    if let Some(log_file) = log_file {
+        // The service appends its log to the file itself; what reaches the pipes below is
+        // only what bypasses the logger (a panic's message).
+        command.env("BAZAAR_LOG_FILE", log_file);
+    }
     die_with_parent(&mut command);
     let mut child = command
         .spawn()

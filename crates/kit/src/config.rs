@@ -42,6 +42,9 @@ pub struct CommonConfig {
     pub log_format: LogFormat,
     /// A `tracing` filter, e.g. `info` or `bazaar_gateway=debug,info`.
     pub log_level: String,
+    /// Append the log to this file instead of writing it to standard output (`bazaar up
+    /// --log-files` sets it for each process it starts).
+    pub log_file: Option<PathBuf>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// How long to wait for in-flight requests on shutdown, in milliseconds.
@@ -111,6 +114,7 @@ impl CommonConfig {
             heartbeat_interval_ms: 2_000,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
+            log_file: None,
             max_body_bytes: 1024 * 1024,
             shutdown_grace_ms: 10_000,
             // The development default, seeded by the identity service; set a real one outside

@@ -152,6 +152,7 @@ fn chaos_point(state: &AppState, point: &str) {
             "chaos hook crash_after_processor_call: exiting with status 86 before storing \
              the processor's answer"
         );
+        bazaar_kit::telemetry::flush_logs();
         std::process::exit(86);
     }
 }
