@@ -3,12 +3,11 @@
 //! An access token is answered only after its record (the jti, which makes revocation and
 //! introspection exact), the refresh token issued beside it if any, and its `token.issued`
 //! audit record are committed. One transaction per grant capped grants at the database's commit
-//! rate (on SQLite every commit takes the single writer lock), so [`TokenWriter`] runs one
-//! writer task instead: it takes every request waiting in its queue (up to [`MAX_BATCH`]),
-//! writes them all in ONE transaction (the token rows, then the audit records chained one after
-//! another with `AuditLog::append_in`), commits, and only then answers each request. Batches
-//! form by themselves under load, because requests queue while the previous batch commits; a
-//! lone request is a batch of one and waits for no timer.
+//! rate (on SQLite every commit takes the single writer lock), so [`TokenWriter`] goes through
+//! kit's group commit (`bazaar_kit::group_commit`): one writer task takes every request waiting
+//! in its queue (up to [`MAX_BATCH`]), writes them all in ONE transaction (the token rows, then
+//! the audit records chained one after another with `AuditLog::append_in`), commits, and only
+//! then answers each request.
 //!
 //! Guarantees, each kept by the single transaction:
 //! - no token is answered before its records are committed, and a failed batch fails every
@@ -22,13 +21,11 @@
 //! harmless. Grants whose issuance carries other state (redeeming a code, rotating a refresh
 //! token) commit that state first, in its own transaction, then issue through here.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bazaar_kit::audit::{AuditEvent, AuditLog};
-use bazaar_kit::context::{self, RequestContext};
+use bazaar_kit::group_commit::{BatchWrite, GroupCommit, GroupCommitError, Queued};
 use bazaar_kit::storage::retry_conflicts;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::repository::{IssuedAccess, IssuedRefresh, Repository};
 
@@ -36,10 +33,6 @@ use crate::repository::{IssuedAccess, IssuedRefresh, Repository};
 /// the write lock) without limiting throughput: under heavier load batches just follow each
 /// other.
 pub const MAX_BATCH: usize = 256;
-
-/// Grants that may wait for the writer; past that, handlers wait to enqueue (back-pressure
-/// instead of unbounded memory).
-const QUEUE: usize = 4 * MAX_BATCH;
 
 /// What one grant issued, to be recorded before it is answered.
 #[derive(Debug, Clone)]
@@ -59,97 +52,73 @@ pub enum IssueError {
     Stopped,
 }
 
-struct Pending {
-    issued: Issued,
-    context: Option<RequestContext>,
-    done: oneshot::Sender<Result<(), IssueError>>,
+impl From<GroupCommitError> for IssueError {
+    fn from(error: GroupCommitError) -> Self {
+        match error {
+            GroupCommitError::Database(error) => IssueError::Database(error),
+            GroupCommitError::Stopped => IssueError::Stopped,
+        }
+    }
 }
 
-/// The queue to the writer task; clones share it. The task ends when the last clone is dropped.
+/// The queue to the writer task (kit's group commit); clones share it.
 #[derive(Clone, Debug)]
 pub struct TokenWriter {
-    queue: mpsc::Sender<Pending>,
-    /// Transactions written so far (grants per transaction is what the batching buys).
-    batches: Arc<AtomicU64>,
+    commit: GroupCommit<TokenBatch>,
 }
 
 impl TokenWriter {
     /// Starts the writer task (on the current Tokio runtime).
     pub fn start(repository: Repository, audit: AuditLog) -> Self {
-        let (queue, pending) = mpsc::channel(QUEUE);
-        let batches = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(repository, audit, pending, batches.clone()));
-        Self { queue, batches }
+        Self {
+            commit: GroupCommit::start(TokenBatch { repository, audit }, MAX_BATCH),
+        }
     }
 
     /// Batches (transactions) written so far.
     pub fn batches(&self) -> u64 {
-        self.batches.load(Ordering::Relaxed)
+        self.commit.batches()
     }
 
     /// Records `issued` and returns once it is committed, or why it was not.
     pub async fn record(&self, issued: Issued) -> Result<(), IssueError> {
-        let (done, answer) = oneshot::channel();
-        let pending = Pending {
-            issued,
-            context: context::current(),
-            done,
-        };
-        self.queue
-            .send(pending)
-            .await
-            .map_err(|_| IssueError::Stopped)?;
-        answer.await.map_err(|_| IssueError::Stopped)?
+        Ok(self.commit.write(issued).await?)
     }
 }
 
-async fn run(
+/// Writes a batch of grants' records in one transaction.
+struct TokenBatch {
     repository: Repository,
     audit: AuditLog,
-    mut queue: mpsc::Receiver<Pending>,
-    batches: Arc<AtomicU64>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        batches.fetch_add(1, Ordering::Relaxed);
-        let outcome = write(&repository, &audit, &batch).await.map_err(|error| {
-            tracing::error!(%error, grants = batch.len(), "recording a batch of issued tokens failed");
-            IssueError::Database(Arc::new(error))
-        });
-        for pending in batch.drain(..) {
-            // A receiver that is gone was a request that went away: nothing to answer.
-            let _ = pending.done.send(outcome.clone());
-        }
-    }
 }
 
-/// Writes one batch in one transaction, running it again from the start on a conflict.
-async fn write(
-    repository: &Repository,
-    audit: &AuditLog,
-    batch: &[Pending],
-) -> Result<(), sqlx::Error> {
-    let access: Vec<&IssuedAccess> = batch.iter().map(|p| &p.issued.access).collect();
-    let refresh: Vec<&IssuedRefresh> = batch
-        .iter()
-        .filter_map(|p| p.issued.refresh.as_ref())
-        .collect();
-    let (access, refresh) = (&access, &refresh);
-    retry_conflicts(|| async move {
-        let mut tx = repository.database().pool().begin().await?;
-        // The token rows first: on SQLite that write takes the writer lock, so the audit log's
-        // tail read next cannot be overtaken by another writer before this commits.
-        Repository::record_issued_in(&mut tx, access, refresh).await?;
-        for pending in batch {
-            let append = audit.append_in(&mut tx, pending.issued.audit.clone());
-            match &pending.context {
-                Some(request) => context::scope(request.clone(), append).await?,
-                None => append.await?,
-            };
-        }
-        tx.commit().await
-    })
-    .await
+impl BatchWrite for TokenBatch {
+    type Item = Issued;
+    type Output = ();
+
+    /// One transaction, run again from the start on a conflict.
+    async fn write(&self, batch: &[Queued<Issued>]) -> Result<Vec<()>, sqlx::Error> {
+        let access: Vec<&IssuedAccess> = batch.iter().map(|q| &q.item.access).collect();
+        let refresh: Vec<&IssuedRefresh> = batch
+            .iter()
+            .filter_map(|q| q.item.refresh.as_ref())
+            .collect();
+        let (access, refresh) = (&access, &refresh);
+        retry_conflicts(|| async move {
+            let mut tx = self.repository.database().pool().begin().await?;
+            // The token rows first: on SQLite that write takes the writer lock, so the audit
+            // log's tail read next cannot be overtaken by another writer before this commits.
+            Repository::record_issued_in(&mut tx, access, refresh).await?;
+            for queued in batch {
+                queued
+                    .in_context(self.audit.append_in(&mut tx, queued.item.audit.clone()))
+                    .await?;
+            }
+            tx.commit().await
+        })
+        .await?;
+        Ok(vec![(); batch.len()])
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod context;
 pub mod etag;
 pub mod extract;
+pub mod group_commit;
 pub mod health;
 pub mod metrics;
 pub mod problem;

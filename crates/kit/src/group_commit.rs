@@ -1,0 +1,293 @@
+//! Group commit: many concurrent writers share one database transaction.
+//!
+//! One transaction per request caps a service at its database's commit rate, and on SQLite
+//! every commit (and every statement: sqlx runs each SQLite connection on its own thread, so a
+//! statement is a hand-off between threads) is paid for in full. A [`GroupCommit`] runs one
+//! writer task instead: it takes every item waiting in its queue (up to its batch size), hands
+//! them to the service's [`BatchWrite`], which writes them all in ONE transaction, and only
+//! after the commit answers each waiting caller with its own outcome. Batches form by
+//! themselves under load, because items queue while the previous batch commits; a lone item is
+//! a batch of one and waits for no timer.
+//!
+//! Guarantees, given a [`BatchWrite`] that writes the whole batch in one transaction:
+//! - no caller hears "done" before its write is committed;
+//! - a batch that fails fails every caller in it, with the same error, and commits nothing;
+//! - each item keeps the request context (request id, `traceparent`) of the caller that queued
+//!   it, for whatever it records (audit records, events).
+//!
+//! A caller that goes away before its answer leaves its write committed or not, exactly as if it
+//! had stayed; the writer only skips answering it.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::context::{self, RequestContext};
+
+/// Writes a batch of items in one transaction.
+pub trait BatchWrite: Send + Sync + 'static {
+    /// What a caller asks to have written.
+    type Item: Send + 'static;
+    /// What each caller is answered after the commit (one per item, in order).
+    type Output: Send + 'static;
+
+    /// Writes `batch` in one transaction and returns one output per item, in order; an error
+    /// means nothing of the batch is committed.
+    fn write(
+        &self,
+        batch: &[Queued<Self::Item>],
+    ) -> impl Future<Output = Result<Vec<Self::Output>, sqlx::Error>> + Send;
+}
+
+/// An item in a batch, with the request context of the caller that queued it.
+pub struct Queued<I> {
+    pub item: I,
+    pub context: Option<RequestContext>,
+}
+
+impl<I> Queued<I> {
+    /// Runs `future` in the item's request context (as its caller would have).
+    pub async fn in_context<F: Future>(&self, future: F) -> F::Output {
+        match &self.context {
+            Some(request) => context::scope(request.clone(), future).await,
+            None => future.await,
+        }
+    }
+}
+
+/// Why a queued write was not done.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GroupCommitError {
+    #[error("the batch failed: {0}")]
+    Database(Arc<sqlx::Error>),
+    #[error("the writer has stopped")]
+    Stopped,
+}
+
+struct Pending<I, O> {
+    queued: Queued<I>,
+    done: oneshot::Sender<Result<O, GroupCommitError>>,
+}
+
+/// The queue to a writer task; clones share it. The task ends when the last clone is dropped.
+pub struct GroupCommit<W: BatchWrite> {
+    queue: mpsc::Sender<Pending<W::Item, W::Output>>,
+    batches: Arc<AtomicU64>,
+}
+
+impl<W: BatchWrite> Clone for GroupCommit<W> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+            batches: self.batches.clone(),
+        }
+    }
+}
+
+impl<W: BatchWrite> std::fmt::Debug for GroupCommit<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("batches", &self.batches())
+            .finish()
+    }
+}
+
+impl<W: BatchWrite> GroupCommit<W> {
+    /// Starts the writer task (on the current Tokio runtime): at most `max_batch` items per
+    /// transaction, and up to four batches' worth may wait (past that, callers wait to enqueue:
+    /// back-pressure instead of unbounded memory).
+    pub fn start(writer: W, max_batch: usize) -> Self {
+        let max_batch = max_batch.max(1);
+        let (queue, pending) = mpsc::channel(4 * max_batch);
+        let batches = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(writer, pending, max_batch, batches.clone()));
+        Self { queue, batches }
+    }
+
+    /// Batches (transactions) written so far: items per batch is what the grouping buys.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Queues `item` and returns its output once its batch is committed, or why it was not.
+    pub async fn write(&self, item: W::Item) -> Result<W::Output, GroupCommitError> {
+        let (done, answer) = oneshot::channel();
+        let pending = Pending {
+            queued: Queued {
+                item,
+                context: context::current(),
+            },
+            done,
+        };
+        self.queue
+            .send(pending)
+            .await
+            .map_err(|_| GroupCommitError::Stopped)?;
+        answer.await.map_err(|_| GroupCommitError::Stopped)?
+    }
+}
+
+async fn run<W: BatchWrite>(
+    writer: W,
+    mut queue: mpsc::Receiver<Pending<W::Item, W::Output>>,
+    max_batch: usize,
+    batches: Arc<AtomicU64>,
+) {
+    let mut pending = Vec::with_capacity(max_batch);
+    while queue.recv_many(&mut pending, max_batch).await > 0 {
+        batches.fetch_add(1, Ordering::Relaxed);
+        let (batch, answers): (Vec<_>, Vec<_>) =
+            pending.drain(..).map(|p| (p.queued, p.done)).unzip();
+        match writer.write(&batch).await {
+            Ok(outputs) if outputs.len() == batch.len() => {
+                for (output, done) in outputs.into_iter().zip(answers) {
+                    // A receiver that is gone was a caller that went away: nothing to answer.
+                    let _ = done.send(Ok(output));
+                }
+            }
+            Ok(outputs) => {
+                // A BatchWrite bug; the batch is committed, but callers cannot be told what
+                // each got, so none is told it succeeded.
+                tracing::error!(
+                    items = batch.len(),
+                    outputs = outputs.len(),
+                    "a batch writer answered the wrong number of outputs"
+                );
+                let error = GroupCommitError::Database(Arc::new(sqlx::Error::Protocol(
+                    "the batch writer answered the wrong number of outputs".into(),
+                )));
+                for done in answers {
+                    let _ = done.send(Err(error.clone()));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, items = batch.len(), "a group-committed batch failed");
+                let error = GroupCommitError::Database(Arc::new(error));
+                for done in answers {
+                    let _ = done.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::storage::testing::sqlite_url;
+    use crate::storage::Database;
+
+    /// Inserts each item's number; fails the whole batch when it holds a negative one.
+    struct Numbers {
+        db: Database,
+    }
+
+    impl BatchWrite for Numbers {
+        type Item = i64;
+        type Output = usize;
+
+        async fn write(&self, batch: &[Queued<i64>]) -> Result<Vec<usize>, sqlx::Error> {
+            let mut tx = self.db.pool().begin().await?;
+            for queued in batch {
+                sqlx::query("INSERT INTO numbers (n) VALUES ($1)")
+                    .bind(queued.item)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if batch.iter().any(|q| q.item < 0) {
+                return Err(sqlx::Error::Protocol("a negative number".into()));
+            }
+            tx.commit().await?;
+            Ok(vec![batch.len(); batch.len()])
+        }
+    }
+
+    async fn setup(dir: &tempfile::TempDir) -> (Database, GroupCommit<Numbers>) {
+        let db = Database::open(
+            &sqlite_url(dir.path(), "numbers"),
+            &sqlx::migrate::Migrator::DEFAULT,
+        )
+        .await
+        .expect("opens");
+        sqlx::query("CREATE TABLE numbers (n BIGINT NOT NULL)")
+            .execute(db.pool())
+            .await
+            .expect("table");
+        let writer = GroupCommit::start(Numbers { db: db.clone() }, 64);
+        (db, writer)
+    }
+
+    /// Queues `items` at once. On this single-threaded runtime every task enqueues before the
+    /// writer runs again, so they cannot all go one per transaction.
+    async fn write_all(
+        writer: &GroupCommit<Numbers>,
+        items: Vec<i64>,
+    ) -> Vec<Result<usize, GroupCommitError>> {
+        let tasks: Vec<_> = items
+            .into_iter()
+            .map(|n| {
+                let writer = writer.clone();
+                tokio::spawn(async move { writer.write(n).await })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.expect("joins"));
+        }
+        outcomes
+    }
+
+    async fn stored(db: &Database) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM numbers")
+            .fetch_one(db.pool())
+            .await
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_transactions_and_all_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, writer) = setup(&dir).await;
+        let outcomes = write_all(&writer, (0..200).collect()).await;
+        let mut batch_sizes = 0;
+        for outcome in outcomes {
+            batch_sizes += outcome.expect("written");
+        }
+        assert_eq!(stored(&db).await, 200);
+        assert!(
+            writer.batches() <= 200 / 2,
+            "200 queued writes took {} transactions",
+            writer.batches()
+        );
+        assert!(batch_sizes > 200, "some callers shared a batch");
+    }
+
+    #[tokio::test]
+    async fn a_failing_batch_fails_every_caller_in_it_and_commits_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, writer) = setup(&dir).await;
+        let mut items: Vec<i64> = (0..50).collect();
+        items.push(-1);
+        let outcomes = write_all(&writer, items).await;
+        // Items queued together with the negative one fail with it; on a single-threaded
+        // runtime all 51 are queued before the writer's first batch.
+        assert!(writer.batches() < 51, "the writes shared transactions");
+        for outcome in &outcomes {
+            assert!(
+                matches!(outcome, Err(GroupCommitError::Database(_))),
+                "{outcome:?}"
+            );
+        }
+        assert_eq!(
+            stored(&db).await,
+            0,
+            "no write of a failed batch is committed"
+        );
+        // The writer goes on after a failed batch.
+        assert_eq!(write_all(&writer, vec![7]).await[0].as_ref().ok(), Some(&1));
+        assert_eq!(stored(&db).await, 1);
+    }
+}
