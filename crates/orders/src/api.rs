@@ -193,7 +193,12 @@ async fn place_order(
     );
     let inserted = state
         .repository
-        .insert(state.messaging.outbox(), &order, event)
+        .insert(
+            state.messaging.outbox(),
+            &order,
+            event,
+            state.saga.placement_claim(),
+        )
         .await
         .map_err(db)?;
     if !inserted {
@@ -206,12 +211,13 @@ async fn place_order(
             .ok_or_else(|| ApiError::internal("order vanished after a key conflict"))?;
         return Ok((StatusCode::OK, axum::Json(placed(&existing))).into_response());
     }
-    state.saga.wake();
     let location = format!("/api/v1/orders/{}", order.id);
+    let answer = axum::Json(placed(&order));
+    state.saga.adopt(order);
     Ok((
         StatusCode::ACCEPTED,
         [(http::header::LOCATION, location)],
-        axum::Json(placed(&order)),
+        answer,
     )
         .into_response())
 }

@@ -119,7 +119,19 @@ pub async fn service(
                 .join(format!("crashed-{}", config.crash_after_step)),
         )
     });
-    let worker = format!("{}@{}:{}", NAME, common.host, common.port);
+    // The worker's name is its address: a restarted instance (same address) takes back the
+    // claims of its previous life (`Saga::run`). An instance on a port picked at random has no
+    // stable address, so its name is unique to this process instead.
+    let worker = if common.port == 0 {
+        format!(
+            "{}@{}:0/{}",
+            NAME,
+            common.host,
+            uuid::Uuid::new_v4().simple()
+        )
+    } else {
+        format!("{}@{}:{}", NAME, common.host, common.port)
+    };
     let saga = Saga::new(
         repository.clone(),
         remote.clone(),

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use bazaar_kit::group_commit::{BatchWrite, Queued};
 use bazaar_kit::storage::{now_ms, Database, Engine};
 use bazaar_messaging::{NewEvent, Outbox};
 use sqlx::any::AnyRow;
@@ -73,6 +74,34 @@ impl StoredOrder {
     }
 }
 
+/// A saga step's outcome, to record if `worker` still holds the order's claim.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    pub id: String,
+    pub worker: String,
+    pub update: StepUpdate,
+}
+
+/// Group commit of saga steps: the steps of every order being driven at that moment are
+/// recorded in one transaction (kit's `group_commit`), instead of a transaction each. Each
+/// step is still committed before its order goes on (G6); steps of different orders only share
+/// the commit.
+pub struct StepBatch {
+    pub repository: Repository,
+    pub outbox: Outbox,
+}
+
+impl BatchWrite for StepBatch {
+    type Item = StepRecord;
+    /// Whether the step was recorded (`false`: the claim was lost).
+    type Output = bool;
+
+    async fn write(&self, batch: &[Queued<StepRecord>]) -> Result<Vec<bool>, sqlx::Error> {
+        let steps: Vec<&StepRecord> = batch.iter().map(|queued| &queued.item).collect();
+        self.repository.record_steps(&self.outbox, &steps).await
+    }
+}
+
 /// What a saga step changes in an order.
 #[derive(Debug, Clone)]
 pub struct StepUpdate {
@@ -95,7 +124,7 @@ pub struct StepUpdate {
 }
 
 impl StoredOrder {
-    /// The order as [`Repository::record_step`] left it after recording `update` at `now`.
+    /// The order as [`Repository::record_steps`] left it after recording `update` at `now`.
     pub fn with_update(mut self, update: &StepUpdate, now: i64) -> Self {
         self.step = update.step.clone();
         self.status = update.status.clone();
@@ -156,13 +185,15 @@ impl Repository {
         row.map(|r| decode(&r)).transpose()
     }
 
-    /// Inserts a new order and its `order.placed` event in one transaction. `Ok(false)` when
-    /// the user already has an order with this idempotency key.
+    /// Inserts a new order and its `order.placed` event in one transaction, claimed by `claim`
+    /// (the worker that will drive it, and until when) so no other worker starts it meanwhile.
+    /// `Ok(false)` when the user already has an order with this idempotency key.
     pub async fn insert(
         &self,
         outbox: &Outbox,
         order: &StoredOrder,
         event: NewEvent,
+        claim: (&str, i64),
     ) -> Result<bool, sqlx::Error> {
         let outcome = bazaar_kit::storage::retry_conflicts(|| async {
             let _turn = self.write_turn().await;
@@ -171,7 +202,7 @@ impl Repository {
                 "INSERT INTO orders (id, user_id, email, idempotency_key, status, status_reason, step, \
                  currency, subtotal_minor, shipping_minor, total_minor, address, lines, saga, card_token, \
                  attempts, next_attempt_at_ms, claimed_by, claimed_until_ms, created_at_ms, updated_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, $16, '', 0, $16, $16) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, $16, $17, $18, $16, $16) \
                  ON CONFLICT (user_id, idempotency_key) DO NOTHING",
             )
             .bind(&order.id)
@@ -190,6 +221,8 @@ impl Repository {
             .bind(json(&order.saga))
             .bind(&order.card_token)
             .bind(order.created_at_ms)
+            .bind(claim.0)
+            .bind(claim.1)
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() == 0 {
@@ -318,6 +351,22 @@ impl Repository {
         self.get(id).await
     }
 
+    /// Lets go of every claim `worker` holds (see `Saga::run`); how many there were.
+    pub async fn release_claims(&self, worker: &str) -> Result<u64, sqlx::Error> {
+        let released = bazaar_kit::storage::retry_conflicts(|| async {
+            let _turn = self.write_turn().await;
+            sqlx::query(
+                "UPDATE orders SET claimed_until_ms = 0 \
+                 WHERE claimed_by = $1 AND status = 'pending' AND claimed_until_ms > 0",
+            )
+            .bind(worker)
+            .execute(self.db.pool())
+            .await
+        })
+        .await?;
+        Ok(released.rows_affected())
+    }
+
     /// Lets go of a claim (the order waits for `next_attempt_at_ms`).
     pub async fn unclaim(&self, id: &str, worker: &str) -> Result<(), sqlx::Error> {
         bazaar_kit::storage::retry_conflicts(|| async {
@@ -332,52 +381,62 @@ impl Repository {
         Ok(())
     }
 
-    /// Records a step's outcome (and its event) in one transaction, if `worker` still holds the
-    /// claim, and renews or releases the claim as `update.claimed_until_ms` says; `false` when
-    /// it lost the claim.
-    pub async fn record_step(
+    /// Records a batch of saga steps' outcomes (and their events) in ONE transaction (see
+    /// [`StepBatch`]): each step whose worker still holds its order's claim changes the order,
+    /// appends a history row and its event, and renews or releases the claim as
+    /// `update.claimed_until_ms` says. Returns, per step, whether it was recorded (`false`: the
+    /// claim was lost and nothing of that step was written).
+    pub async fn record_steps(
         &self,
         outbox: &Outbox,
-        id: &str,
-        worker: &str,
-        update: &StepUpdate,
-    ) -> Result<bool, sqlx::Error> {
+        steps: &[&StepRecord],
+    ) -> Result<Vec<bool>, sqlx::Error> {
         let recorded = bazaar_kit::storage::retry_conflicts(|| async {
             let _turn = self.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
             let now = now_ms();
-            let changed = sqlx::query(
-                "UPDATE orders SET step = $1, status = $2, status_reason = $3, saga = $4, \
-                 shipping_minor = $5, total_minor = $6, attempts = $7, next_attempt_at_ms = $8, \
-                 updated_at_ms = $9, claimed_until_ms = $12 \
-                 WHERE id = $10 AND claimed_by = $11 AND status = 'pending'",
-            )
-            .bind(&update.step)
-            .bind(&update.status)
-            .bind(&update.status_reason)
-            .bind(json(&update.saga))
-            .bind(update.shipping_minor)
-            .bind(update.total_minor)
-            .bind(update.attempts)
-            .bind(update.next_attempt_at_ms)
-            .bind(now)
-            .bind(id)
-            .bind(worker)
-            .bind(update.claimed_until_ms)
-            .execute(&mut *tx)
-            .await?;
-            if changed.rows_affected() == 0 {
-                return Ok(false);
-            }
-            insert_history(&mut tx, id, &update.history).await?;
-            if let Some(event) = &update.event {
-                outbox.append_in(&mut tx, event.clone()).await?;
+            let mut recorded = Vec::with_capacity(steps.len());
+            for record in steps {
+                let update = &record.update;
+                let changed = sqlx::query(
+                    "UPDATE orders SET step = $1, status = $2, status_reason = $3, saga = $4, \
+                     shipping_minor = $5, total_minor = $6, attempts = $7, next_attempt_at_ms = $8, \
+                     updated_at_ms = $9, claimed_until_ms = $12 \
+                     WHERE id = $10 AND claimed_by = $11 AND status = 'pending'",
+                )
+                .bind(&update.step)
+                .bind(&update.status)
+                .bind(&update.status_reason)
+                .bind(json(&update.saga))
+                .bind(update.shipping_minor)
+                .bind(update.total_minor)
+                .bind(update.attempts)
+                .bind(update.next_attempt_at_ms)
+                .bind(now)
+                .bind(&record.id)
+                .bind(&record.worker)
+                .bind(update.claimed_until_ms)
+                .execute(&mut *tx)
+                .await?;
+                if changed.rows_affected() == 0 {
+                    recorded.push(false);
+                    continue;
+                }
+                insert_history(&mut tx, &record.id, &update.history).await?;
+                if let Some(event) = &update.event {
+                    outbox.append_in(&mut tx, event.clone()).await?;
+                }
+                recorded.push(true);
             }
             tx.commit().await?;
-            Ok(true)
+            Ok(recorded)
         })
         .await?;
-        if recorded && update.event.is_some() {
+        let published = steps
+            .iter()
+            .zip(&recorded)
+            .any(|(record, recorded)| *recorded && record.update.event.is_some());
+        if published {
             outbox.notify();
         }
         Ok(recorded)

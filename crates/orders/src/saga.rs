@@ -29,12 +29,16 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::model::{HistoryEntry, Money, SagaState};
 use crate::remote::{Parcel, Remote, StepError};
-use crate::repository::{Repository, StepUpdate, StoredOrder};
+use bazaar_kit::group_commit::{GroupCommit, GroupCommitError};
+
+use crate::repository::{Repository, StepBatch, StepRecord, StepUpdate, StoredOrder};
 
 /// How long a claim lasts without renewal (the takeover delay after a worker dies elsewhere).
 const CLAIM_MS: i64 = 30_000;
 /// Orders driven at once by one worker.
 const PARALLEL: usize = 64;
+/// At most this many steps share a transaction (at most one per order being driven).
+const STEPS_PER_COMMIT: usize = PARALLEL;
 
 /// The saga's steps, as stored in `orders.step`.
 pub mod step {
@@ -67,10 +71,13 @@ pub struct SagaSettings {
 pub struct Saga {
     repository: Repository,
     remote: Remote,
-    outbox: Outbox,
+    /// Records each step's outcome, sharing transactions between the orders being driven.
+    steps: GroupCommit<StepBatch>,
     worker: String,
     settings: SagaSettings,
     wake: Arc<Notify>,
+    /// Orders driven at once: [`PARALLEL`] permits shared by the worker loop and [`Saga::adopt`].
+    permits: Arc<Semaphore>,
     /// Orders this worker is driving now: `due` still lists an order between its task's start
     /// and its claim, and driving it twice would repeat (idempotent, but costly) steps.
     driving: Arc<Mutex<HashSet<String>>>,
@@ -98,13 +105,21 @@ impl Saga {
         worker: String,
         settings: SagaSettings,
     ) -> Self {
+        let steps = GroupCommit::start(
+            StepBatch {
+                repository: repository.clone(),
+                outbox,
+            },
+            STEPS_PER_COMMIT,
+        );
         Self {
             repository,
             remote,
-            outbox,
+            steps,
             worker,
             settings,
             wake: Arc::new(Notify::new()),
+            permits: Arc::new(Semaphore::new(PARALLEL)),
             driving: Arc::new(Mutex::new(HashSet::new())),
         }
     }
@@ -114,9 +129,48 @@ impl Saga {
         self.wake.notify_one();
     }
 
+    /// The claim a newly placed order is inserted with: this worker's, so that
+    /// [`Saga::adopt`] can drive it at once without a claim of its own (and no other worker
+    /// starts it meanwhile; if this process dies first, the claim runs out and any worker
+    /// takes the order over).
+    pub fn placement_claim(&self) -> (&str, i64) {
+        (&self.worker, now_ms() + CLAIM_MS)
+    }
+
+    /// Drives `order`, just inserted with [`Saga::placement_claim`], in the background: the
+    /// placement saves the worker loop's look for due orders and the claim's write and read.
+    pub fn adopt(&self, order: StoredOrder) {
+        let Some(driving) = Driving::start(&self.driving, &order.id) else {
+            return;
+        };
+        let saga = self.clone();
+        tokio::spawn(async move {
+            let Ok(permit) = saga.permits.clone().acquire_owned().await else {
+                return;
+            };
+            saga.drive_claimed(order).await;
+            drop(driving);
+            drop(permit);
+            saga.wake();
+        });
+    }
+
     /// Runs the worker forever.
     pub async fn run(self) {
-        let permits = Arc::new(Semaphore::new(PARALLEL));
+        // Claims held under this worker's name belong to an earlier life of this instance
+        // (same host and port: that process is gone, since this one has the port): take them
+        // back now instead of waiting for them to run out.
+        match self.repository.release_claims(&self.worker).await {
+            Ok(0) => {}
+            Ok(released) => {
+                tracing::info!(
+                    released,
+                    "took back the orders an earlier run of this instance was driving"
+                )
+            }
+            Err(error) => tracing::warn!(%error, "cannot release this worker's earlier claims"),
+        }
+        let permits = self.permits.clone();
         loop {
             let due = self.repository.due(now_ms(), PARALLEL as i64).await;
             let mut started = 0;
@@ -167,14 +221,16 @@ impl Saga {
             .repository
             .claim(id, &self.worker, now_ms() + CLAIM_MS)
             .await;
-        let mut order = match claimed {
-            Ok(Some(order)) => order,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::warn!(%error, order_id = id, "cannot claim the order");
-                return;
-            }
-        };
+        match claimed {
+            Ok(Some(order)) => self.drive_claimed(order).await,
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, order_id = id, "cannot claim the order"),
+        }
+    }
+
+    /// Drives an order this worker has claimed as far as it can go now.
+    async fn drive_claimed(&self, mut order: StoredOrder) {
+        let id = order.id.clone();
         loop {
             // Each recorded step renews the claim (or releases it when the order stops) in its
             // own write, and leaves the row as `order` now is, so nothing is read back.
@@ -182,8 +238,8 @@ impl Saga {
                 Ok(Some(next)) => order = next,
                 Ok(None) => return,
                 Err(error) => {
-                    tracing::warn!(%error, order_id = id, "cannot record a saga step");
-                    let _ = self.repository.unclaim(id, &self.worker).await;
+                    tracing::warn!(%error, order_id = %id, "cannot record a saga step");
+                    let _ = self.repository.unclaim(&id, &self.worker).await;
                     return;
                 }
             }
@@ -193,7 +249,7 @@ impl Saga {
     /// Runs the order's current step and records what happened; the order as recorded when the
     /// saga can go on at once (the claim renewed), `None` when it stops for now (the claim
     /// released) or the claim was lost.
-    async fn step(&self, order: StoredOrder) -> Result<Option<StoredOrder>, sqlx::Error> {
+    async fn step(&self, order: StoredOrder) -> Result<Option<StoredOrder>, GroupCommitError> {
         let current = order.step.clone();
         let mut saga = order.saga.clone();
         let mut shipping_minor = order.shipping_minor;
@@ -282,15 +338,20 @@ impl Saga {
         if go_on {
             update.claimed_until_ms = now + CLAIM_MS;
         }
-        let recorded = self
-            .repository
-            .record_step(&self.outbox, &order.id, &self.worker, &update)
-            .await?;
+        let (id, next_step, status) =
+            (order.id.clone(), update.step.clone(), update.status.clone());
+        let next = go_on.then(|| order.with_update(&update, now));
+        let record = StepRecord {
+            id: id.clone(),
+            worker: self.worker.clone(),
+            update,
+        };
+        let recorded = self.steps.write(record).await?;
         if recorded {
-            tracing::info!(order_id = %order.id, step = %current, next = %update.step,
-                status = %update.status, "saga step recorded");
+            tracing::info!(order_id = %id, step = %current, next = %next_step,
+                status = %status, "saga step recorded");
         }
-        Ok((recorded && go_on).then(|| order.with_update(&update, now)))
+        Ok(next.filter(|_| recorded))
     }
 
     fn backoff_ms(&self, attempts: i64) -> i64 {
@@ -302,11 +363,22 @@ impl Saga {
     fn maybe_crash(&self, step: &str) {
         if let Some((crash_step, marker)) = &self.settings.crash_after {
             if crash_step == step && !marker.exists() {
-                let _ = std::fs::write(marker, step);
+                // The marker makes the crash happen once: a crash that could not leave it would
+                // repeat at every restart (on PostgreSQL nothing else creates the data dir).
+                let written = marker
+                    .parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| std::fs::write(marker, step));
+                if let Err(error) = written {
+                    tracing::error!(%error, marker = %marker.display(),
+                        "chaos: cannot write the crash marker; not crashing");
+                    return;
+                }
                 tracing::error!(
                     step,
                     "chaos: crashing after the step's remote call, before recording it"
                 );
+                bazaar_kit::telemetry::flush_logs();
                 std::process::exit(87);
             }
         }
