@@ -1,7 +1,17 @@
 //! The embedded transport's consuming side: for each (group, source) one task holds the lease,
-//! long-polls the source's feed from the stored cursor, and applies each event in order, moving
-//! the cursor in the same transaction as the handler's effect. An unreachable source only
-//! delays delivery (G2): the cursor stays where it was and the reader backs off and retries.
+//! long-polls the source's feed from the group's cursor, and applies each page of events as one
+//! batch ([`consumer::apply_batch`]): one transaction that moves the cursor from the position
+//! before the page to its last event (compare-and-set), records the events in the inbox and runs
+//! the handler for each, in sequence order. A handler failing on an event commits the events
+//! before it and nothing after it; the reader retries from the failing event with backoff. An
+//! unreachable source only delays delivery (G2): the cursor stays where it was and the reader
+//! backs off and retries.
+//!
+//! Per poll the reader touches its database only to apply what it received: it renews the lease
+//! only once a third of [`LEASE_TTL_MS`] has passed since it last wrote it, and it reads the
+//! cursor row once when it takes the lease (and again after another reader moved it), keeping
+//! the position in memory in between. The cursor's compare-and-set is what keeps two readers
+//! from both applying an event, should a lease lapse unnoticed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +20,13 @@ use bazaar_kit::client::ServiceClient;
 use bazaar_kit::storage::Database;
 use tokio::sync::watch;
 
-use crate::consumer::{self, CursorMove, Handler};
+use crate::consumer::{self, CursorMove, Failure, Handler, Holding, Lease, LEASE_TTL_MS};
 use crate::feed::{FeedPage, FEED_PATH};
 use crate::lag::Lag;
 
-/// How long a lease lasts without renewal: the takeover delay after an instance dies.
-pub const LEASE_TTL_MS: i64 = 15_000;
 /// How long one feed request is held by the source.
 const WAIT_MS: u64 = 5_000;
+/// Most events in one page, hence in one transaction.
 const PAGE: i64 = 100;
 
 pub(crate) struct FeedReader {
@@ -37,25 +46,19 @@ impl FeedReader {
             .clone()
             .with_timeout(Duration::from_millis(WAIT_MS + 5_000));
         let mut backoff = Backoff::default();
-        let mut leased = false;
+        let mut lease = Lease::new(&self.db, &self.group, &self.source, &self.holder);
+        // The cursor as this reader last read or moved it; `None`: read it from the database.
+        let mut position: Option<i64> = None;
         while !*stop.borrow() {
-            match consumer::lease(
-                &self.db,
-                &self.group,
-                &self.source,
-                &self.holder,
-                LEASE_TTL_MS,
-            )
-            .await
-            {
-                Ok(true) => {
-                    if !leased {
+            match lease.keep().await {
+                Ok(Holding::Held { acquired, .. }) => {
+                    if acquired {
                         tracing::info!(group = %self.group, source = %self.source, "consuming the feed (lease taken)");
+                        position = None;
                     }
-                    leased = true;
                 }
-                Ok(false) => {
-                    leased = false;
+                Ok(Holding::NotHeld) => {
+                    position = None;
                     // Another instance reads this feed; check again well within its lease.
                     if wait_or_stop(&mut stop, Duration::from_millis(LEASE_TTL_MS as u64 / 3)).await
                     {
@@ -71,17 +74,20 @@ impl FeedReader {
                     continue;
                 }
             }
-            let position = match consumer::cursor(&self.db, &self.group, &self.source).await {
-                Ok(position) => position,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the consumer cursor");
-                    if wait_or_stop(&mut stop, backoff.next()).await {
-                        break;
+            let after = match position {
+                Some(after) => after,
+                None => match consumer::cursor(&self.db, &self.group, &self.source).await {
+                    Ok(read) => *position.insert(read),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the consumer cursor");
+                        if wait_or_stop(&mut stop, backoff.next()).await {
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                },
             };
-            let path = format!("{FEED_PATH}?after={position}&limit={PAGE}&wait_ms={WAIT_MS}");
+            let path = format!("{FEED_PATH}?after={after}&limit={PAGE}&wait_ms={WAIT_MS}");
             let page = tokio::select! {
                 page = client.get_json::<FeedPage>(&self.source, &path) => page,
                 _ = stopped(&mut stop) => break,
@@ -96,46 +102,56 @@ impl FeedReader {
                     continue;
                 }
             };
-            if position > 0 && page.oldest > position + 1 {
-                tracing::error!(source = %self.source, group = %self.group, position, oldest = page.oldest,
+            if after > 0 && page.oldest > after + 1 {
+                tracing::error!(source = %self.source, group = %self.group, position = after, oldest = page.oldest,
                     "events between the cursor and the oldest kept event were pruned before this consumer read them");
             }
-            let mut position = position;
-            let mut failed = false;
-            for event in &page.events {
-                let moved = CursorMove {
+            let applied = consumer::apply_batch(
+                &self.db,
+                &self.group,
+                &*self.handler,
+                &page.events,
+                Some(CursorMove {
                     source: &self.source,
-                    expected: position,
-                };
-                match consumer::apply(&self.db, &self.group, &*self.handler, event, Some(moved))
-                    .await
-                {
-                    Ok(_) => position = event.sequence,
-                    Err(error) if consumer::is_cursor_moved(&error) => {
-                        failed = true;
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, event_id = %event.id, event_type = %event.event_type,
-                            source = %self.source, group = %self.group, "handler failed; will retry the event");
-                        failed = true;
-                        break;
-                    }
+                    expected: after,
+                }),
+            )
+            .await;
+            let now_at = match applied.count {
+                0 => after,
+                count => page.events[count - 1].sequence,
+            };
+            position = Some(now_at);
+            self.lag
+                .set(&self.group, &self.source, (page.latest - now_at).max(0));
+            let Some(failure) = applied.failure else {
+                backoff.reset();
+                continue;
+            };
+            match &failure {
+                Failure::CursorMoved => {
+                    // Another instance consumed this feed: read the cursor again, and find out
+                    // whether this one still holds the lease.
+                    tracing::info!(source = %self.source, group = %self.group, "the cursor moved under this reader");
+                    position = None;
+                    lease.check();
+                }
+                Failure::Handler(_) => {
+                    let event = &page.events[applied.count];
+                    tracing::warn!(%failure, event_id = %event.id, event_type = %event.event_type,
+                        source = %self.source, group = %self.group, "handler failed; will retry the event");
+                }
+                Failure::Database(_) => {
+                    tracing::warn!(%failure, source = %self.source, group = %self.group,
+                        "cannot apply the page; will retry");
                 }
             }
-            self.lag
-                .set(&self.group, &self.source, (page.latest - position).max(0));
-            if failed {
-                if wait_or_stop(&mut stop, backoff.next()).await {
-                    break;
-                }
-            } else {
-                backoff.reset();
+            if wait_or_stop(&mut stop, backoff.next()).await {
+                break;
             }
         }
-        if leased {
-            let _ =
-                consumer::release_lease(&self.db, &self.group, &self.source, &self.holder).await;
+        if let Err(error) = lease.release().await {
+            tracing::debug!(%error, group = %self.group, source = %self.source, "cannot release the consumer lease");
         }
     }
 }

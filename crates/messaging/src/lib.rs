@@ -3,16 +3,21 @@
 //! - Publishing is a **transactional outbox** ([`Outbox`]): a service appends an event in the
 //!   same transaction as the state change (G1).
 //! - On the **embedded feed** transport (the default), each service serves its outbox at
-//!   `GET /internal/v1/events` (long poll, [`feed`]) and subscribers pull it, keeping their
-//!   cursor in their own database in the same transaction as the handler's effect; one instance
-//!   per subscriber group reads a feed at a time (a lease in the subscriber's database).
+//!   `GET /internal/v1/events` (long poll, [`feed`]) and subscribers pull it, applying each page
+//!   as one batch in their own database: one transaction moves the cursor (compare-and-set),
+//!   records the events in the inbox and runs the handler per event, in sequence order. One
+//!   instance per subscriber group reads a feed at a time (a lease in the subscriber's
+//!   database, renewed every third of its TTL rather than on every poll).
 //! - On **NATS JetStream** (scale-out), a relay publishes the outbox with `Nats-Msg-Id` = event
-//!   id and marks events published after the ack; durable pull consumers apply each message in
-//!   the inbox transaction and acknowledge after the commit ([`nats`]).
+//!   id and marks events published after the ack; one instance per group (the same lease) pulls
+//!   a durable consumer with a batch in flight, applies what has arrived as one batch, and
+//!   acknowledges each message after the commit ([`nats`]).
 //!
-//! Service code is the same on both: [`Messaging::start`] reads `event_transport` from the
-//! common configuration. Consumers are exactly-once in effect on both (G3) through the inbox
-//! ([`deliver`]); consumer lag is a gauge in `/metrics` ([`lag`]).
+//! On both, a handler failing on an event commits the events before it and nothing after it;
+//! the failing event is retried with backoff. Service code is the same on both:
+//! [`Messaging::start`] reads `event_transport` from the common configuration. Consumers are
+//! exactly-once in effect on both (G3) through the inbox ([`deliver`] is the one-event case);
+//! consumer lag is a gauge in `/metrics` ([`lag`]).
 
 mod consumer;
 mod embedded;
@@ -33,8 +38,7 @@ use bazaar_kit::metrics::Metrics;
 use bazaar_kit::storage::{now_ms, Database};
 use tokio::sync::watch;
 
-pub use consumer::{create_tables, deliver, Handler, HandlerError, HandlerFuture};
-pub use embedded::LEASE_TTL_MS;
+pub use consumer::{create_tables, deliver, Handler, HandlerError, HandlerFuture, LEASE_TTL_MS};
 pub use envelope::{EventEnvelope, NewEvent};
 pub use outbox::Outbox;
 
@@ -158,6 +162,7 @@ impl ConsumerBuilder {
                         self.group.clone(),
                         source,
                         handler,
+                        messaging.instance.clone(),
                         messaging.lag.clone(),
                         stop,
                     ));

@@ -1,16 +1,21 @@
 //! Proves the messaging crate: the transactional outbox (G1; gap-free sequences in commit order
 //! under concurrent appenders), the feed endpoint (service tokens, paging, validation, long
 //! poll), the inbox (G3), the embedded transport end to end over real HTTP with a publisher
-//! restart (G2) and the lag gauge, the consumer lease, and the NATS JetStream transport
-//! (deduplicated publishing, restart with handed-back and already-applied messages, delivery
-//! of events appended while the consumer was down: G7).
+//! restart (G2) and the lag gauge, batches (a page is one transaction; a handler failing on the
+//! k-th event commits exactly the events before it, then the rest once recovered, each once, in
+//! order; an event already in the inbox takes no second effect), the consumer lease on both
+//! transports, and the NATS JetStream transport (deduplicated publishing, restart with
+//! handed-back and already-applied messages, delivery of events appended while the consumer was
+//! down: G7; an earlier durable updated in place). Ignored benchmarks print events/s and CPU per
+//! event (`cargo test --release -p bazaar-messaging --test messaging -- --ignored --nocapture
+//! bench_`).
 //!
 //! SQLite always; PostgreSQL variants when `BAZAAR_TEST_POSTGRES_URL` is set; NATS tests when
 //! `BAZAAR_TEST_NATS_URL` is set (each with a stream of its own).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +32,7 @@ use bazaar_kit::metrics::Metrics;
 use bazaar_kit::server::Service;
 use bazaar_kit::storage::testing::{fresh_postgres_database, sqlite_url};
 use bazaar_kit::storage::{retry_conflicts, Database};
-use bazaar_messaging::nats::{NatsTransport, ACK_WAIT};
+use bazaar_messaging::nats::{NatsTransport, ACK_WAIT, BATCH};
 use bazaar_messaging::testing::{nats_url, stream_name};
 use bazaar_messaging::{
     create_tables, deliver, EventEnvelope, Handler, HandlerError, HandlerFuture, Messaging,
@@ -36,7 +41,7 @@ use bazaar_messaging::{
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use sqlx::{AnyConnection, Row};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
@@ -159,13 +164,22 @@ where
 }
 
 /// Records, inside the consumer's transaction, every event it applies: the `applied` table is
-/// exactly what took effect, in the order it did. Can be told to fail (after writing, to show
-/// the write is rolled back too) or to wait for a permit per event.
+/// exactly what took effect, in the order it did. Each row also keeps the group's cursor as the
+/// transaction saw it (`cursor_seen`): a feed batch moves the cursor to its last event before
+/// it runs the handler, so events applied in one transaction all see the same value. It can be
+/// told to fail on every event, or on one sequence (after writing, to show the write is rolled
+/// back too), and to wait forever on a sequence once it has failed on it.
 #[derive(Clone)]
 struct Recorder {
     label: String,
     fail: Arc<AtomicBool>,
-    gate: Option<Arc<Semaphore>>,
+    /// Fail on the event with this sequence (0: none).
+    fail_at: Arc<AtomicI64>,
+    /// How many times it failed.
+    failures: Arc<AtomicUsize>,
+    /// Wait forever on this sequence once it has failed (and say so in `blocked`).
+    block_at: Option<i64>,
+    blocked: Arc<AtomicBool>,
 }
 
 impl Recorder {
@@ -173,15 +187,22 @@ impl Recorder {
         Self {
             label: label.to_owned(),
             fail: Arc::new(AtomicBool::new(false)),
-            gate: None,
+            fail_at: Arc::new(AtomicI64::new(0)),
+            failures: Arc::new(AtomicUsize::new(0)),
+            block_at: None,
+            blocked: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    fn gated(label: &str, gate: Arc<Semaphore>) -> Self {
-        Self {
-            gate: Some(gate),
-            ..Self::new(label)
-        }
+    /// Fails on `sequence` until told otherwise.
+    fn failing_at(label: &str, sequence: i64) -> Self {
+        let recorder = Self::new(label);
+        recorder.fail_at.store(sequence, Ordering::SeqCst);
+        recorder
+    }
+
+    fn failures(&self) -> usize {
+        self.failures.load(Ordering::SeqCst)
     }
 }
 
@@ -192,22 +213,31 @@ impl Handler for Recorder {
         event: &'a EventEnvelope,
     ) -> HandlerFuture<'a> {
         Box::pin(async move {
-            if let Some(gate) = &self.gate {
-                gate.acquire()
-                    .await
-                    .map_err(|e| HandlerError::new(e.to_string()))?
-                    .forget();
+            if self.block_at == Some(event.sequence) && self.failures() > 0 {
+                self.blocked.store(true, Ordering::SeqCst);
+                std::future::pending::<()>().await;
             }
+            let cursor_seen: Option<i64> = sqlx::query_scalar(
+                "SELECT position FROM consumer_cursors WHERE grp = $1 AND source = $2",
+            )
+            .bind(GROUP)
+            .bind(&event.source)
+            .fetch_optional(&mut *tx)
+            .await?;
             sqlx::query(
-                "INSERT INTO applied (position, event_id, sequence, applied_by) \
-                 SELECT COALESCE(MAX(position), 0) + 1, $1, $2, $3 FROM applied",
+                "INSERT INTO applied (position, event_id, sequence, applied_by, cursor_seen) \
+                 SELECT COALESCE(MAX(position), 0) + 1, $1, $2, $3, $4 FROM applied",
             )
             .bind(&event.id)
             .bind(event.sequence)
             .bind(&self.label)
+            .bind(cursor_seen)
             .execute(&mut *tx)
             .await?;
-            if self.fail.load(Ordering::SeqCst) {
+            if self.fail.load(Ordering::SeqCst)
+                || self.fail_at.load(Ordering::SeqCst) == event.sequence
+            {
+                self.failures.fetch_add(1, Ordering::SeqCst);
                 return Err(HandlerError::new("this handler was told to fail"));
             }
             Ok(())
@@ -218,7 +248,7 @@ impl Handler for Recorder {
 async fn create_applied_table(db: &Database) {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS applied (position BIGINT NOT NULL, event_id TEXT NOT NULL, \
-         sequence BIGINT NOT NULL, applied_by TEXT NOT NULL)",
+         sequence BIGINT NOT NULL, applied_by TEXT NOT NULL, cursor_seen BIGINT)",
     )
     .execute(db.pool())
     .await
@@ -231,10 +261,11 @@ struct Applied {
     event_id: String,
     sequence: i64,
     applied_by: String,
+    cursor_seen: Option<i64>,
 }
 
 async fn applied(db: &Database) -> Vec<Applied> {
-    sqlx::query("SELECT event_id, sequence, applied_by FROM applied ORDER BY position")
+    sqlx::query("SELECT event_id, sequence, applied_by, cursor_seen FROM applied ORDER BY position")
         .fetch_all(db.pool())
         .await
         .expect("read applied")
@@ -243,6 +274,7 @@ async fn applied(db: &Database) -> Vec<Applied> {
             event_id: row.get("event_id"),
             sequence: row.get("sequence"),
             applied_by: row.get("applied_by"),
+            cursor_seen: row.get("cursor_seen"),
         })
         .collect()
 }
@@ -280,6 +312,16 @@ async fn inbox_count(db: &Database, group: &str, event_id: &str) -> i64 {
         .fetch_one(db.pool())
         .await
         .expect("count inbox")
+}
+
+/// The group's cursor on the publisher's feed.
+async fn cursor_position(db: &Database) -> i64 {
+    sqlx::query_scalar("SELECT position FROM consumer_cursors WHERE grp = $1 AND source = $2")
+        .bind(GROUP)
+        .bind(PUBLISHER)
+        .fetch_one(db.pool())
+        .await
+        .expect("cursor")
 }
 
 /// A feed request through `app`: status and JSON body.
@@ -961,6 +1003,178 @@ async fn feed_delivers_across_a_publisher_restart_postgres() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 4b. Embedded transport: a page is one batch
+// ---------------------------------------------------------------------------------------------
+
+/// A publisher serving its feed over HTTP with `count` events already in its outbox, and a
+/// consuming service's messaging (nothing subscribed yet) that reaches it.
+struct FeedSetup {
+    running: Running,
+    consumer: Messaging,
+    consumer_db: Database,
+    events: Vec<EventEnvelope>,
+}
+
+async fn feed_setup(publisher_url: &str, consumer_url: &str, count: usize) -> FeedSetup {
+    let issuer = Arc::new(TestIssuer::new());
+    let identity = spawn_identity(issuer.clone()).await;
+    let publisher_db = open(publisher_url).await;
+    let publisher = start(
+        &common(PUBLISHER),
+        &publisher_db,
+        no_client(),
+        issuer.verifier(&["bazaar", PUBLISHER]),
+        &Metrics::new(),
+    )
+    .await;
+    let running = Running::serve(&publisher, 0).await;
+    let events = append(publisher.outbox(), &publisher_db, count).await;
+    let consumer_db = open(consumer_url).await;
+    create_applied_table(&consumer_db).await;
+    let consumer = start_feed_consumer(
+        &consumer_db,
+        &issuer,
+        &running.address(),
+        &identity,
+        &Metrics::new(),
+    )
+    .await;
+    FeedSetup {
+        running,
+        consumer,
+        consumer_db,
+        events,
+    }
+}
+
+async fn feed_page_stops_at_a_failing_event(publisher_url: String, consumer_url: String) {
+    // Ten events wait before the consumer starts, so its first page holds them all.
+    let FeedSetup {
+        running,
+        consumer,
+        consumer_db: db,
+        events,
+    } = feed_setup(&publisher_url, &consumer_url, 10).await;
+    let recorder = Recorder::failing_at("consumer", 4);
+    consumer
+        .consumer(GROUP)
+        .subscribe(PUBLISHER, recorder.clone())
+        .spawn();
+
+    // The page fails on its fourth event and is rolled back whole; the three events before it
+    // are applied again on their own; then the fourth is retried (and fails again).
+    eventually("the fourth event is retried", || async {
+        recorder.failures() >= 2
+    })
+    .await;
+    let rows = applied(&db).await;
+    assert_applied_once_in_order(&rows, &events[..3]);
+    assert!(
+        rows.iter().all(|r| r.cursor_seen == Some(3)),
+        "the three were applied in one transaction that moved the cursor to 3 (the page's \
+         transaction, which had moved it to 10, was rolled back): {rows:?}"
+    );
+    assert_eq!(cursor_position(&db).await, 3);
+    for event in &events[3..] {
+        assert_eq!(
+            inbox_count(&db, GROUP, &event.id).await,
+            0,
+            "nothing from the failing event on took effect"
+        );
+    }
+
+    // The handler recovers: the rest is applied, once each, in order, in one transaction.
+    recorder.fail_at.store(0, Ordering::SeqCst);
+    let rows = await_applied(&db, 10).await;
+    assert_applied_once_in_order(&rows, &events);
+    assert!(
+        rows[3..].iter().all(|r| r.cursor_seen == Some(10)),
+        "{rows:?}"
+    );
+    assert_eq!(cursor_position(&db).await, 10);
+    for event in &events {
+        assert_eq!(inbox_count(&db, GROUP, &event.id).await, 1);
+    }
+    consumer.stop();
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn feed_page_stops_at_a_failing_event_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    feed_page_stops_at_a_failing_event(
+        sqlite_url(dir.path(), "shop"),
+        sqlite_url(dir.path(), "cart"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn feed_page_stops_at_a_failing_event_postgres() {
+    let Some(consumer) = fresh_postgres_database("messaging_page_failure").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    feed_page_stops_at_a_failing_event(sqlite_url(dir.path(), "shop"), consumer).await;
+}
+
+async fn feed_page_skips_an_event_already_in_the_inbox(
+    publisher_url: String,
+    consumer_url: String,
+) {
+    let FeedSetup {
+        running,
+        consumer,
+        consumer_db: db,
+        events,
+    } = feed_setup(&publisher_url, &consumer_url, 10).await;
+    // The fifth event was applied before (say, delivered directly), and the cursor is still at 0.
+    assert!(deliver(&db, GROUP, &Recorder::new("earlier"), &events[4])
+        .await
+        .expect("apply the fifth directly"));
+    consumer
+        .consumer(GROUP)
+        .subscribe(PUBLISHER, Recorder::new("consumer"))
+        .spawn();
+
+    let rows = await_applied(&db, 10).await;
+    let mut expected = vec![events[4].clone()];
+    expected.extend(events[..4].iter().cloned());
+    expected.extend(events[5..].iter().cloned());
+    assert_applied_once_in_order(&rows, &expected);
+    assert_eq!(rows[0].applied_by, "earlier");
+    assert!(
+        rows[1..]
+            .iter()
+            .all(|r| r.applied_by == "consumer" && r.cursor_seen == Some(10)),
+        "the page was one transaction, and the fifth event took no second effect: {rows:?}"
+    );
+    assert_eq!(inbox_count(&db, GROUP, &events[4].id).await, 1);
+    assert_eq!(cursor_position(&db).await, 10);
+    consumer.stop();
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn feed_page_skips_an_event_already_in_the_inbox_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    feed_page_skips_an_event_already_in_the_inbox(
+        sqlite_url(dir.path(), "shop"),
+        sqlite_url(dir.path(), "cart"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn feed_page_skips_an_event_already_in_the_inbox_postgres() {
+    let Some(consumer) = fresh_postgres_database("messaging_page_inbox").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    feed_page_skips_an_event_already_in_the_inbox(sqlite_url(dir.path(), "shop"), consumer).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // 5. Lease
 // ---------------------------------------------------------------------------------------------
 
@@ -1158,11 +1372,12 @@ async fn nats_consumer_applies_once_across_restarts_and_downtime() {
     })
     .await;
 
-    // The first consumer instance may apply only four events: it is stopped while its handler
-    // waits on the fifth, which stays un-acknowledged.
+    // The first consumer instance may apply only four events: its handler fails on the fifth
+    // (so whatever batch held the fifth commits only the events before it), and on the retry it
+    // waits on the fifth until the instance is stopped, with the fifth and the events after it
+    // received and un-acknowledged.
     let consumer_db = open(&consumer_url).await;
     create_applied_table(&consumer_db).await;
-    let gate = Arc::new(Semaphore::new(4));
     let first_metrics = Metrics::new();
     let first = start(
         &nats_common(GROUP, &url, &stream),
@@ -1172,11 +1387,19 @@ async fn nats_consumer_applies_once_across_restarts_and_downtime() {
         &first_metrics,
     )
     .await;
+    let first_recorder = Recorder {
+        block_at: Some(5),
+        ..Recorder::failing_at("first", 5)
+    };
     first
         .consumer(GROUP)
-        .subscribe(PUBLISHER, Recorder::gated("first", gate.clone()))
+        .subscribe(PUBLISHER, first_recorder.clone())
         .spawn();
-    let rows = await_applied(&consumer_db, 4).await;
+    eventually("the first instance waits on the fifth event", || async {
+        first_recorder.blocked.load(Ordering::SeqCst)
+    })
+    .await;
+    let rows = applied(&consumer_db).await;
     assert_applied_once_in_order(&rows, &events[..4]);
     eventually("the lag gauge counts the events still to apply", || async {
         lag(&first_metrics, GROUP, PUBLISHER) == Some(6)
@@ -1257,4 +1480,511 @@ async fn nats_consumer_applies_once_across_restarts_and_downtime() {
     second.stop();
     publisher.stop();
     let _ = js.delete_stream(&stream).await;
+}
+
+/// A publisher on its own stream with `count` events published, and a consumer database.
+struct NatsSetup {
+    url: String,
+    stream: String,
+    issuer: TestIssuer,
+    publisher: Messaging,
+    publisher_db: Database,
+    consumer_db: Database,
+    events: Vec<EventEnvelope>,
+    _dir: tempfile::TempDir,
+}
+
+async fn nats_setup(url: String, label: &str, count: usize) -> NatsSetup {
+    let stream = stream_name();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let consumer_url = match fresh_postgres_database(label).await {
+        Some(url) => url,
+        None => sqlite_url(dir.path(), "cart"),
+    };
+    let issuer = TestIssuer::new();
+    let publisher_db = open(&sqlite_url(dir.path(), "shop")).await;
+    let publisher = start(
+        &nats_common(PUBLISHER, &url, &stream),
+        &publisher_db,
+        no_client(),
+        issuer.verifier(&[PUBLISHER]),
+        &Metrics::new(),
+    )
+    .await;
+    let events = append(publisher.outbox(), &publisher_db, count).await;
+    eventually("the relay publishes the events", || async {
+        publisher.outbox().unpublished_count().await.expect("count") == 0
+    })
+    .await;
+    let consumer_db = open(&consumer_url).await;
+    create_tables(&consumer_db).await.expect("consumer tables");
+    create_applied_table(&consumer_db).await;
+    NatsSetup {
+        url,
+        stream,
+        issuer,
+        publisher,
+        publisher_db,
+        consumer_db,
+        events,
+        _dir: dir,
+    }
+}
+
+impl NatsSetup {
+    /// Starts an instance of the consuming service applying the publisher's events with
+    /// `recorder`.
+    async fn start_consumer(&self, recorder: Recorder) -> Messaging {
+        let messaging = start(
+            &nats_common(GROUP, &self.url, &self.stream),
+            &self.consumer_db,
+            no_client(),
+            self.issuer.verifier(&[GROUP]),
+            &Metrics::new(),
+        )
+        .await;
+        messaging
+            .consumer(GROUP)
+            .subscribe(PUBLISHER, recorder)
+            .spawn();
+        messaging
+    }
+
+    async fn durable(&self) -> async_nats::jetstream::consumer::PullConsumer {
+        jetstream(&self.url)
+            .await
+            .get_stream(&self.stream)
+            .await
+            .expect("stream")
+            .get_consumer(&format!("{GROUP}-{PUBLISHER}"))
+            .await
+            .expect("the durable consumer")
+    }
+
+    /// Awaits the durable consumer with nothing left to deliver or acknowledge.
+    async fn await_all_acknowledged(&self) {
+        let mut durable = self.durable().await;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let info = durable.info().await.expect("consumer info");
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "messages left unacknowledged: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn finish(self) {
+        self.publisher.stop();
+        let _ = jetstream(&self.url).await.delete_stream(&self.stream).await;
+    }
+}
+
+#[tokio::test]
+async fn nats_batch_stops_at_a_failing_event_then_applies_the_rest_once_in_order() {
+    let Some(url) =
+        nats_url("nats_batch_stops_at_a_failing_event_then_applies_the_rest_once_in_order")
+    else {
+        return;
+    };
+    let setup = nats_setup(url, "messaging_nats_failure", 10).await;
+    let db = setup.consumer_db.clone();
+    let events = setup.events.clone();
+    let recorder = Recorder::failing_at("consumer", 4);
+    let consumer = setup.start_consumer(recorder.clone()).await;
+
+    // Whatever batch held the fourth event committed only the events before it; the fourth is
+    // retried (and fails again) without anything after it taking effect.
+    eventually("the fourth event is retried", || async {
+        recorder.failures() >= 2
+    })
+    .await;
+    assert_applied_once_in_order(&applied(&db).await, &events[..3]);
+    for event in &events[3..] {
+        assert_eq!(inbox_count(&db, GROUP, &event.id).await, 0);
+    }
+
+    recorder.fail_at.store(0, Ordering::SeqCst);
+    let rows = await_applied(&db, 10).await;
+    assert_applied_once_in_order(&rows, &events);
+    setup.await_all_acknowledged().await;
+    assert_eq!(applied(&db).await.len(), 10, "nothing applied twice");
+    consumer.stop();
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn nats_updates_an_earlier_durable_and_skips_an_event_already_in_the_inbox() {
+    let Some(url) =
+        nats_url("nats_updates_an_earlier_durable_and_skips_an_event_already_in_the_inbox")
+    else {
+        return;
+    };
+    let setup = nats_setup(url, "messaging_nats_inbox", 10).await;
+    let db = setup.consumer_db.clone();
+    let events = setup.events.clone();
+    // The durable as an earlier version created it: one message in flight.
+    let earlier = jetstream(&setup.url)
+        .await
+        .get_stream(&setup.stream)
+        .await
+        .expect("stream")
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(format!("{GROUP}-{PUBLISHER}")),
+            filter_subject: format!("{}.{PUBLISHER}.>", setup.stream.to_lowercase()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            max_ack_pending: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("create the earlier durable");
+    assert_eq!(earlier.cached_info().config.max_ack_pending, 1);
+    // The fifth event was applied before (say, by an instance that died before acknowledging).
+    assert!(deliver(&db, GROUP, &Recorder::new("earlier"), &events[4])
+        .await
+        .expect("apply the fifth directly"));
+
+    let consumer = setup.start_consumer(Recorder::new("consumer")).await;
+    let rows = await_applied(&db, 10).await;
+    let mut expected = vec![events[4].clone()];
+    expected.extend(events[..4].iter().cloned());
+    expected.extend(events[5..].iter().cloned());
+    assert_applied_once_in_order(&rows, &expected);
+    assert!(rows[1..].iter().all(|r| r.applied_by == "consumer"));
+    assert_eq!(inbox_count(&db, GROUP, &events[4].id).await, 1);
+    setup.await_all_acknowledged().await;
+    assert_eq!(applied(&db).await.len(), 10, "nothing applied twice");
+    let mut durable = setup.durable().await;
+    let info = durable.info().await.expect("consumer info");
+    assert_eq!(
+        info.config.max_ack_pending, BATCH as i64,
+        "the durable was updated in place"
+    );
+    consumer.stop();
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn nats_one_instance_of_a_group_consumes_and_another_takes_over() {
+    let Some(url) = nats_url("nats_one_instance_of_a_group_consumes_and_another_takes_over") else {
+        return;
+    };
+    let setup = nats_setup(url, "messaging_nats_lease", 10).await;
+    let db = setup.consumer_db.clone();
+    let mut events = setup.events.clone();
+    let mut instances = BTreeMap::new();
+    for label in ["first", "second"] {
+        let messaging = setup.start_consumer(Recorder::new(label)).await;
+        instances.insert(label.to_owned(), messaging);
+    }
+    let rows = await_applied(&db, 10).await;
+    assert_applied_once_in_order(&rows, &events);
+    let holder_label = rows[0].applied_by.clone();
+    assert!(
+        rows.iter().all(|r| r.applied_by == holder_label),
+        "one instance applied everything: {rows:?}"
+    );
+    let other_label = if holder_label == "first" {
+        "second"
+    } else {
+        "first"
+    };
+    let holder = lease_holder(&db).await.expect("a lease is held");
+
+    // The holder stops: it gives the lease up and the other instance takes over.
+    instances[&holder_label].stop();
+    eventually("the other instance takes the lease", || async {
+        lease_holder(&db).await.is_some_and(|h| h != holder)
+    })
+    .await;
+    events.extend(append(setup.publisher.outbox(), &setup.publisher_db, 10).await);
+    let rows = await_applied(&db, 20).await;
+    assert_applied_once_in_order(&rows, &events);
+    assert!(
+        rows[10..].iter().all(|r| r.applied_by == other_label),
+        "the new holder continued: {rows:?}"
+    );
+    setup.await_all_acknowledged().await;
+    assert_eq!(applied(&db).await.len(), 20, "exactly once overall");
+    instances[other_label].stop();
+    setup.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Benchmarks (ignored; run with --ignored --nocapture)
+// ---------------------------------------------------------------------------------------------
+
+const BENCH_EVENTS: usize = 5_000;
+
+/// A handler as light as a real one: one insert.
+struct Sink;
+
+impl Handler for Sink {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut AnyConnection,
+        event: &'a EventEnvelope,
+    ) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO sink (event_id) VALUES ($1)")
+                .bind(&event.id)
+                .execute(&mut *tx)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+async fn create_sink(db: &Database) {
+    sqlx::query("CREATE TABLE IF NOT EXISTS sink (event_id TEXT PRIMARY KEY)")
+        .execute(db.pool())
+        .await
+        .expect("create sink");
+}
+
+async fn sink_count(db: &Database) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM sink")
+        .fetch_one(db.pool())
+        .await
+        .expect("count sink")
+}
+
+/// CPU time of this process so far (user + system), from /proc/self/stat.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the command name.
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// Appends `count` events in one transaction (the backlog a consumer finds when it starts).
+async fn append_backlog(outbox: &Outbox, db: &Database, count: usize) {
+    let mut tx = db.pool().begin().await.expect("begin");
+    for i in 0..count {
+        let event = NewEvent::new("thing.happened", &format!("t-{i}"), &json!({ "i": i }));
+        outbox.append_in(&mut tx, event).await.expect("append");
+    }
+    tx.commit().await.expect("commit");
+    outbox.notify();
+}
+
+async fn await_sink(db: &Database, count: usize, deadline: Duration) {
+    let until = Instant::now() + deadline;
+    while sink_count(db).await < count as i64 {
+        assert!(Instant::now() < until, "the consumer did not keep up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn report(what: &str, elapsed: Duration, cpu: Duration) {
+    println!(
+        "{what}: {BENCH_EVENTS} events in {:.2} s = {:.0} events/s; process CPU {:.0} ms = {:.1} µs/event",
+        elapsed.as_secs_f64(),
+        BENCH_EVENTS as f64 / elapsed.as_secs_f64(),
+        cpu.as_secs_f64() * 1e3,
+        cpu.as_secs_f64() * 1e6 / BENCH_EVENTS as f64,
+    );
+}
+
+/// Makes [`bench_feed_publisher`] run, as the publisher process of a feed benchmark: its value
+/// is the benchmark's mode (`backlog` or `trickle`).
+const BENCH_PUBLISHER_ENV: &str = "BAZAAR_BENCH_PUBLISHER";
+
+/// The publisher side of a feed benchmark, in a process of its own so that the benchmark's CPU
+/// figure is the consumer's alone: a stand-in identity and a publisher serving its feed; with
+/// `backlog`, every event is appended first; with `trickle`, they are committed one at a time,
+/// 500 a second, once a line arrives on stdin. It prints its addresses, then serves until
+/// killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the publisher process of the feed benchmarks"]
+async fn bench_feed_publisher() {
+    let Ok(mode) = std::env::var(BENCH_PUBLISHER_ENV) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let issuer = Arc::new(TestIssuer::new());
+    let identity = spawn_identity(issuer.clone()).await;
+    let publisher_db = open(&sqlite_url(dir.path(), "shop")).await;
+    let publisher = start(
+        &common(PUBLISHER),
+        &publisher_db,
+        no_client(),
+        issuer.verifier(&["bazaar", PUBLISHER]),
+        &Metrics::new(),
+    )
+    .await;
+    let running = Running::serve(&publisher, 0).await;
+    if mode == "backlog" {
+        append_backlog(publisher.outbox(), &publisher_db, BENCH_EVENTS).await;
+    }
+    println!("BENCH_ADDRESSES {} {identity}", running.address());
+    let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await;
+    if mode == "trickle" {
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        for _ in 0..BENCH_EVENTS {
+            tick.tick().await;
+            append(publisher.outbox(), &publisher_db, 1).await;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+/// A feed consumer (this process) applying with `Sink` what a publisher process serves.
+async fn bench_feed(mode: &str) {
+    use std::io::{BufRead, Write};
+    let mut child = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args([
+            "--ignored",
+            "--nocapture",
+            "--exact",
+            "bench_feed_publisher",
+        ])
+        .env(BENCH_PUBLISHER_ENV, mode)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the publisher process");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (publisher, identity) = loop {
+        let line = lines
+            .next()
+            .expect("the publisher prints its addresses")
+            .expect("read");
+        if let Some(rest) = line.strip_prefix("BENCH_ADDRESSES ") {
+            let (publisher, identity) = rest.split_once(' ').expect("two addresses");
+            break (publisher.to_owned(), identity.to_owned());
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let consumer_db = open(&sqlite_url(dir.path(), "cart")).await;
+    create_sink(&consumer_db).await;
+    let client = ServiceClient::new(discovery(&[
+        (PUBLISHER, &publisher),
+        ("identity", &identity),
+    ]))
+    .with_credentials(Credentials {
+        client_id: "bazaar-services".into(),
+        client_secret: "test-secret".into(),
+    });
+    let consumer = start(
+        &common(GROUP),
+        &consumer_db,
+        client,
+        TestIssuer::new().verifier(&["bazaar", GROUP]),
+        &Metrics::new(),
+    )
+    .await;
+    if mode == "trickle" {
+        // Idle and long-polling before the events start.
+        consumer.consumer(GROUP).subscribe(PUBLISHER, Sink).spawn();
+        eventually("the consumer reads the feed", || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM consumer_cursors")
+                .fetch_one(consumer_db.pool())
+                .await
+                .is_ok_and(|n| n == 1)
+        })
+        .await;
+    }
+    let (started, cpu) = (Instant::now(), process_cpu());
+    if mode == "backlog" {
+        consumer.consumer(GROUP).subscribe(PUBLISHER, Sink).spawn();
+    }
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin).expect("tell the publisher to go");
+    let until = Instant::now() + Duration::from_secs(600);
+    loop {
+        let position: Option<i64> = sqlx::query_scalar(
+            "SELECT position FROM consumer_cursors WHERE grp = $1 AND source = $2",
+        )
+        .bind(GROUP)
+        .bind(PUBLISHER)
+        .fetch_optional(consumer_db.pool())
+        .await
+        .expect("cursor");
+        if position == Some(BENCH_EVENTS as i64) {
+            break;
+        }
+        assert!(Instant::now() < until, "the consumer did not keep up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let what = if mode == "backlog" {
+        "feed, SQLite, backlog (consumer process CPU)"
+    } else {
+        "feed, SQLite, trickle at 500/s (consumer process CPU)"
+    };
+    report(what, started.elapsed(), process_cpu() - cpu);
+    assert_eq!(sink_count(&consumer_db).await, BENCH_EVENTS as i64);
+    consumer.stop();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints figures, asserts nothing about speed"]
+async fn bench_feed_backlog_sqlite() {
+    bench_feed("backlog").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints figures, asserts nothing about speed"]
+async fn bench_feed_trickle_sqlite() {
+    bench_feed("trickle").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints figures, asserts nothing about speed"]
+async fn bench_nats_consumer_sqlite() {
+    let Some(url) = nats_url("bench_nats_consumer_sqlite") else {
+        return;
+    };
+    let stream = stream_name();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let issuer = TestIssuer::new();
+    let publisher_db = open(&sqlite_url(dir.path(), "shop")).await;
+    let publisher = start(
+        &nats_common(PUBLISHER, &url, &stream),
+        &publisher_db,
+        no_client(),
+        issuer.verifier(&[PUBLISHER]),
+        &Metrics::new(),
+    )
+    .await;
+    append_backlog(publisher.outbox(), &publisher_db, BENCH_EVENTS).await;
+    eventually("the relay publishes the backlog", || async {
+        publisher.outbox().unpublished_count().await.expect("count") == 0
+    })
+    .await;
+    let consumer_db = open(&sqlite_url(dir.path(), "cart")).await;
+    create_sink(&consumer_db).await;
+    let (started, cpu) = (Instant::now(), process_cpu());
+    let consumer = start(
+        &nats_common(GROUP, &url, &stream),
+        &consumer_db,
+        no_client(),
+        issuer.verifier(&[GROUP]),
+        &Metrics::new(),
+    )
+    .await;
+    consumer.consumer(GROUP).subscribe(PUBLISHER, Sink).spawn();
+    await_sink(&consumer_db, BENCH_EVENTS, Duration::from_secs(600)).await;
+    report(
+        "NATS, SQLite, backlog",
+        started.elapsed(),
+        process_cpu() - cpu,
+    );
+    consumer.stop();
+    publisher.stop();
+    let _ = jetstream(&url).await.delete_stream(&stream).await;
 }
