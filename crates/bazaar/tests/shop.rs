@@ -2,6 +2,9 @@
 //! the saga to a confirmed order (cart cleared, email in the mailbox, one captured payment, the
 //! consumers' lag in `bazaar status`), a checkout charged in euros, a declined card and an
 //! unshippable address cancelled with their reasons, and orders killed after each saga step.
+//!
+//! Every test runs on the profile `BAZAAR_TEST_PROFILE` selects (support's [`Profile`]): SQLite
+//! and the embedded feed by default, PostgreSQL and NATS JetStream with `scale-out`.
 
 mod support;
 
@@ -10,23 +13,43 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::*;
 
+/// A running system as the demo customer. Fields drop in order: `bazaar up` is stopped before
+/// its data directory is removed and the profile's databases and stream are deleted.
 struct Shop {
     base: String,
     token: String,
+    _up: Proc,
+    _data: tempfile::TempDir,
+    _profile: Profile,
 }
 
 impl Shop {
-    fn start(env: &[(&str, &str)]) -> (Self, Proc, tempfile::TempDir, u16) {
+    /// `bazaar up` on the selected profile, with the extra `BAZAAR_...` settings `env`; returns
+    /// the shop and the registry's port.
+    fn start(env: &[(&str, &str)]) -> (Self, u16) {
+        Self::start_on(Profile::selected(), env)
+    }
+
+    fn start_on(profile: Profile, env: &[(&str, &str)]) -> (Self, u16) {
+        eprintln!("starting a system on the {}", profile.describe());
         let data = tempfile::tempdir().expect("tempdir");
         let gateway = free_port();
         let base_port = free_port_range(16);
-        let (proc, rx) = up_with(data.path(), gateway, base_port, env);
+        let (up, rx) = up_with(data.path(), gateway, base_port, &profile.env(env));
         wait_for_line(&rx, "bazaar is up", Duration::from_secs(60));
         // Keep draining the supervisor's output so it never blocks on a full pipe.
         std::thread::spawn(move || while rx.recv().is_ok() {});
+        profile.assert_no_sqlite(data.path());
         let base = format!("http://127.0.0.1:{gateway}");
         let token = user_token(&base, DEMO_CUSTOMER.0, DEMO_CUSTOMER.1);
-        (Self { base, token }, proc, data, base_port)
+        let shop = Self {
+            base,
+            token,
+            _up: up,
+            _data: data,
+            _profile: profile,
+        };
+        (shop, base_port)
     }
 
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -220,57 +243,27 @@ fn reconcile(registry_port: u16) -> Value {
 
 #[test]
 fn checkout_confirms_clears_the_cart_notifies_and_reconciles() {
-    checkout_scenario(&[]);
+    checkout_scenario(Shop::start(&[]));
 }
 
-/// The same checkout on the scale-out profile: a PostgreSQL database per service and NATS
-/// JetStream as the event transport (skipped, saying so, when the servers are not configured).
+/// The same checkout on the scale-out profile, a PostgreSQL database per service and NATS
+/// JetStream as the event transport, even when the embedded profile is selected, so that the
+/// default `cargo test --workspace` proves it whenever the servers are configured (skipped,
+/// saying so, when they are not, and on the scale-out profile, where the test above is it).
 #[test]
 fn checkout_on_postgres_and_nats_jetstream() {
-    let (Ok(_), Ok(nats)) = (
-        std::env::var(bazaar_kit::storage::testing::POSTGRES_ENV),
-        std::env::var("BAZAAR_TEST_NATS_URL"),
-    ) else {
+    if scale_out_selected() {
+        eprintln!("the scale-out profile is selected: checkout_confirms_clears_the_cart_notifies_and_reconciles runs this checkout");
+        return;
+    }
+    let Some(profile) = Profile::scale_out_if_configured() else {
         eprintln!("BAZAAR_TEST_POSTGRES_URL and BAZAAR_TEST_NATS_URL are not both set: skipping the scale-out checkout");
         return;
     };
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut env: Vec<(String, String)> = vec![
-        ("BAZAAR_EVENT_TRANSPORT".into(), "nats".into()),
-        ("BAZAAR_NATS_URL".into(), nats),
-        (
-            "BAZAAR_NATS_STREAM".into(),
-            format!("TEST_SHOP_{}", uuid::Uuid::new_v4().simple()),
-        ),
-    ];
-    for service in [
-        "catalog",
-        "identity",
-        "developer",
-        "inventory",
-        "cart",
-        "payments",
-        "processor",
-        "shipping",
-        "orders",
-        "notifications",
-    ] {
-        let url = runtime
-            .block_on(bazaar_kit::storage::testing::fresh_postgres_database(
-                service,
-            ))
-            .expect("postgres database");
-        env.push((
-            format!("BAZAAR_{}__DATABASE_URL", service.to_uppercase()),
-            url,
-        ));
-    }
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    checkout_scenario(&env);
+    checkout_scenario(Shop::start_on(profile, &[]));
 }
 
-fn checkout_scenario(env: &[(&str, &str)]) {
-    let (shop, _up, _data, base_port) = Shop::start(env);
+fn checkout_scenario((shop, base_port): (Shop, u16)) {
     shop.add_to_cart("kitchen-espresso-cup-set", 2);
     shop.add_to_cart("home-brass-table-lamp", 1);
     let card = shop.card("4242424242424242");
@@ -426,8 +419,7 @@ fn orders_killed_after_each_step_still_completes_with_one_charge() {
         "create_shipment",
         "capture_payment",
     ] {
-        let (shop, _up, _data, base_port) =
-            Shop::start(&[("BAZAAR_ORDERS__CRASH_AFTER_STEP", step)]);
+        let (shop, base_port) = Shop::start(&[("BAZAAR_ORDERS__CRASH_AFTER_STEP", step)]);
         shop.add_to_cart("kitchen-espresso-cup-set", 1);
         let card = shop.card("4242424242424242");
         let (status, placed) = shop.place(&format!("crash-{step}"), &card, "94103");
