@@ -62,8 +62,8 @@ pub struct Messaging {
 
 impl Messaging {
     /// Opens the outbox and consumer tables in `db` and starts the transport's background work
-    /// (the relay on NATS, retention on both). Fails, naming the server, when the NATS transport
-    /// is configured and unreachable.
+    /// (the relay on NATS, retention on both). An unreachable NATS server does not stop the
+    /// start: the relay and the consumers wait for it, retrying (see `NatsTransport::connect`).
     pub async fn start(
         common: &CommonConfig,
         db: &Database,

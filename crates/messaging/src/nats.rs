@@ -45,32 +45,67 @@ use crate::outbox::Outbox;
 pub struct NatsTransport {
     context: jetstream::Context,
     stream: String,
+    /// The stream as it must exist; created (or found) on first use, see [`Self::ensure_stream`].
+    stream_config: Arc<jetstream::stream::Config>,
+    stream_ready: Arc<tokio::sync::OnceCell<()>>,
 }
 
+/// How long start-up waits for NATS before going on without it.
+const STARTUP_WAIT: Duration = Duration::from_secs(3);
+
 impl NatsTransport {
-    /// Connects and creates the stream if needed, keeping events for `retention`.
+    /// Connects and creates the stream if needed, keeping events for `retention`. An unreachable
+    /// server does not stop the service from starting: the client keeps connecting in the
+    /// background, events wait in the outbox and consumers wait, both retrying with backoff, so
+    /// a service restarted during a NATS outage serves its API and catches up when NATS is back.
+    /// Only a malformed URL fails.
     pub async fn connect(url: &str, stream: &str, retention: Duration) -> anyhow::Result<Self> {
         let client = async_nats::ConnectOptions::new()
             .name("bazaar")
             .connection_timeout(Duration::from_secs(3))
+            .retry_on_initial_connect()
             .connect(url)
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url}: {e}"))?;
-        let context = jetstream::new(client);
-        context
-            .get_or_create_stream(jetstream::stream::Config {
+        let transport = Self {
+            context: jetstream::new(client),
+            stream: stream.to_owned(),
+            stream_config: Arc::new(jetstream::stream::Config {
                 name: stream.to_owned(),
                 subjects: vec![format!("{}.>", subject_prefix(stream))],
                 max_age: retention,
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()
+            }),
+            stream_ready: Arc::new(tokio::sync::OnceCell::new()),
+        };
+        let unready = match tokio::time::timeout(STARTUP_WAIT, transport.ensure_stream()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some(format!("no answer within {STARTUP_WAIT:?}")),
+        };
+        if let Some(reason) = unready {
+            tracing::warn!(%reason, url,
+                "cannot reach NATS; starting without it, events wait until it is back");
+        }
+        Ok(transport)
+    }
+
+    /// Creates the stream if it does not exist yet (once per process; retried by the relay and
+    /// the consumers until it succeeds).
+    pub async fn ensure_stream(&self) -> anyhow::Result<()> {
+        self.stream_ready
+            .get_or_try_init(|| async {
+                self.context
+                    .get_or_create_stream((*self.stream_config).clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot create the JetStream stream {}: {e}", self.stream)
+                    })
             })
             .await
-            .map_err(|e| anyhow::anyhow!("cannot create the JetStream stream {stream}: {e}"))?;
-        Ok(Self {
-            context,
-            stream: stream.to_owned(),
-        })
+            .map(|_| ())
     }
 
     fn subject(&self, event: &EventEnvelope) -> String {
@@ -128,6 +163,7 @@ impl NatsTransport {
 
     /// Publishes one batch of unpublished events; how many went out.
     pub async fn relay_once(&self, outbox: &Outbox) -> anyhow::Result<usize> {
+        self.ensure_stream().await?;
         let events = outbox.unpublished(100).await?;
         for event in &events {
             self.publish(event).await?;
@@ -235,6 +271,7 @@ impl NatsTransport {
         group: &str,
         source: &str,
     ) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+        self.ensure_stream().await?;
         let stream = self.context.get_stream(&self.stream).await?;
         let name = format!("{group}-{source}");
         let config = pull::Config {
