@@ -80,6 +80,8 @@ async fn start_system(
             service,
             port: *port,
             data_dir: data.join(service),
+            // As the figures in docs/performance.md for this bench were taken.
+            cpu: None,
         };
         let log = data.join(format!("{service}.log"));
         let mut child = supervisor::spawn(&planned, &system, None, Some(&log))?;

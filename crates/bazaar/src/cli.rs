@@ -253,6 +253,11 @@ pub struct UpArgs {
     /// Write each service's output to <data-dir>/logs/<service>.log instead of the terminal.
     #[arg(long)]
     pub log_files: bool,
+    /// Let the OS move each service's threads between CPUs. By default each service process
+    /// is kept on one CPU (round robin over the CPUs `up` may use), which saves the cost of
+    /// waking its threads across CPUs.
+    #[arg(long)]
+    pub no_pin_cpus: bool,
 }
 
 #[derive(Debug, Args)]

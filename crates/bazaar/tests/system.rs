@@ -207,6 +207,22 @@ fn up_supervises_restarts_persists_and_stops_cleanly() {
         .filter_map(|i| i["metadata"]["pid"].as_str()?.parse().ok())
         .collect();
     assert!(pids.len() >= 3);
+    // Each process, the restarted catalog included, is kept on one CPU, and they are spread
+    // over the CPUs `up` may use (read from /proc, as the kernel applies it).
+    let allowed_to_up = cpus_allowed(proc.pid());
+    if allowed_to_up.len() > 1 {
+        let mut used = std::collections::BTreeSet::new();
+        for pid in &pids {
+            let cpus = cpus_allowed(*pid);
+            assert_eq!(cpus.len(), 1, "process {pid} runs on {cpus:?}");
+            assert!(
+                allowed_to_up.contains(&cpus[0]),
+                "{cpus:?} / {allowed_to_up:?}"
+            );
+            used.insert(cpus[0]);
+        }
+        assert!(used.len() > 1, "all processes on {used:?}");
+    }
     Command::new("kill")
         .args(["-TERM", &proc.pid().to_string()])
         .status()
@@ -229,6 +245,23 @@ fn up_supervises_restarts_persists_and_stops_cleanly() {
         .send()
         .expect("gateway");
     assert_eq!(response.status(), 200, "data survives a restart");
+}
+
+/// The CPUs a process may run on, from `Cpus_allowed_list` in `/proc/<pid>/status` ("0-3,6").
+fn cpus_allowed(pid: i32) -> Vec<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim();
+    list.split(',')
+        .flat_map(|range| {
+            let (from, to) = range.split_once('-').unwrap_or((range, range));
+            let (from, to): (usize, usize) = (from.parse().expect("cpu"), to.parse().expect("cpu"));
+            from..=to
+        })
+        .collect()
 }
 
 #[test]
