@@ -95,14 +95,17 @@ async fn feed(
         let woken = state.outbox.appended();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let events = state
+        let (events, bounds) = state
             .outbox
-            .read_after(query.after, query.limit)
+            .read_page(query.after, query.limit)
             .await
             .map_err(ApiError::internal)?;
         let now = tokio::time::Instant::now();
         if !events.is_empty() || now >= deadline {
-            let (oldest, latest) = state.outbox.bounds().await.map_err(ApiError::internal)?;
+            let (oldest, latest) = match bounds {
+                Some(bounds) => bounds,
+                None => state.outbox.bounds().await.map_err(ApiError::internal)?,
+            };
             return Ok(axum::Json(FeedPage {
                 events,
                 latest,

@@ -130,14 +130,36 @@ impl Outbox {
         after: i64,
         limit: i64,
     ) -> Result<Vec<EventEnvelope>, sqlx::Error> {
+        Ok(self.read_page(after, limit).await?.0)
+    }
+
+    /// Like [`read_after`](Self::read_after), with the outbox's [`bounds`](Self::bounds) as of
+    /// the same read when any event came back (`None` otherwise): a feed page in one statement
+    /// instead of two, as a feed answers every long poll with both.
+    pub async fn read_page(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<(Vec<EventEnvelope>, Option<(i64, i64)>), sqlx::Error> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM outbox_events WHERE sequence > $1 ORDER BY sequence LIMIT $2"
+            "SELECT {COLUMNS}, \
+             (SELECT MIN(sequence) FROM outbox_events) AS oldest, \
+             (SELECT MAX(sequence) FROM outbox_events) AS latest \
+             FROM outbox_events WHERE sequence > $1 ORDER BY sequence LIMIT $2"
         ))
         .bind(after)
         .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(|row| self.decode(row)).collect()
+        let bounds = match rows.first() {
+            Some(row) => Some((row.try_get("oldest")?, row.try_get("latest")?)),
+            None => None,
+        };
+        let events = rows
+            .iter()
+            .map(|row| self.decode(row))
+            .collect::<Result<_, _>>()?;
+        Ok((events, bounds))
     }
 
     /// Events not yet acknowledged by the broker, oldest first.
