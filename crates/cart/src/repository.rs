@@ -93,6 +93,7 @@ impl Repository {
         limits: Limits,
     ) -> Result<(), RepoError> {
         retry_conflicts(|| async {
+            let _turn = self.db.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
             let outcome = add_in(&mut tx, owner, product_id, quantity, snapshot, limits).await?;
             finish(tx, outcome).await
@@ -112,6 +113,7 @@ impl Repository {
         limits: Limits,
     ) -> Result<(), RepoError> {
         retry_conflicts(|| async {
+            let _turn = self.db.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
             let outcome = set_in(&mut tx, owner, product_id, quantity, snapshot, limits).await?;
             finish(tx, outcome).await
@@ -143,6 +145,7 @@ impl Repository {
         limits: Limits,
     ) -> Result<MergeOutcome, RepoError> {
         let outcome = retry_conflicts(|| async {
+            let _turn = self.db.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
             let outcome = merge_in(&mut tx, from, into, limits).await?;
             tx.commit().await?;

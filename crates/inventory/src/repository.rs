@@ -12,18 +12,16 @@
 //!   and cannot be invalidated by a writer in between;
 //! - events go to the outbox inside the same transaction, which runs under
 //!   [`retry_conflicts`] because concurrent appends collide on the outbox sequence;
-//! - on SQLite the write transactions of this process take turns (`Repository::write_turn`):
+//! - on SQLite the write transactions of this process take turns (kit's `Database::write_turn`):
 //!   SQLite has one writer at a time and makes the others poll with growing sleeps (its busy
 //!   handler waits up to 100 ms between tries), which under load cost far more than the writes
 //!   and held pool connections the reads needed; queued in memory, each write starts the moment
 //!   the previous one commits. PostgreSQL locks rows, so its writers run side by side.
 
-use std::sync::Arc;
-
 use std::collections::BTreeMap;
 
 use bazaar_kit::audit::{AuditEvent, AuditLog};
-use bazaar_kit::storage::{now_ms, retry_conflicts, Database, Engine};
+use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
 use bazaar_messaging::{NewEvent, Outbox};
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
@@ -108,8 +106,6 @@ pub struct Repository {
     db: Database,
     outbox: Outbox,
     settings: Settings,
-    /// Whose turn it is to write (SQLite only; see the module's documentation).
-    writer: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// One product's stock at one warehouse, with the warehouse's position.
@@ -124,22 +120,10 @@ struct StockRow {
 
 impl Repository {
     pub fn new(db: Database, outbox: Outbox, settings: Settings) -> Self {
-        let writer = (db.engine() == Engine::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         Self {
             db,
             outbox,
             settings,
-            writer,
-        }
-    }
-
-    /// Waits for this process's turn to write (SQLite); held until dropped. Taken before a
-    /// pool connection and by the one-transaction functions only, which never call each
-    /// other, so it cannot deadlock.
-    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match &self.writer {
-            Some(writer) => Some(writer.lock().await),
-            None => None,
         }
     }
 
@@ -338,7 +322,7 @@ impl Repository {
         ttl_ms: i64,
         fingerprint: &str,
     ) -> Result<(Result<Reserved, RepoError>, bool), sqlx::Error> {
-        let _turn = self.write_turn().await;
+        let _turn = self.db.write_turn().await;
         let now = now_ms();
         let mut tx = self.db.pool().begin().await?;
         // Claim the key first: the write takes SQLite's lock before anything is read, and on
@@ -526,7 +510,7 @@ impl Repository {
         &self,
         key: &str,
     ) -> Result<(Result<Reservation, RepoError>, bool), sqlx::Error> {
-        let _turn = self.write_turn().await;
+        let _turn = self.db.write_turn().await;
         let now = now_ms();
         let mut tx = self.db.pool().begin().await?;
         let committed = sqlx::query(
@@ -612,7 +596,7 @@ impl Repository {
         key: &str,
         reason: &str,
     ) -> Result<(Result<Reservation, RepoError>, bool), sqlx::Error> {
-        let _turn = self.write_turn().await;
+        let _turn = self.db.write_turn().await;
         let now = now_ms();
         let mut tx = self.db.pool().begin().await?;
         // The tombstone insert is also the transaction's first write (see `reserve_once`).
@@ -691,7 +675,7 @@ impl Repository {
     /// Expires `key` if it is still reserved and expired at `now`: `Some(appended)` when it
     /// did, `None` when a commit or release got there first.
     async fn expire_once(&self, key: &str, now: i64) -> Result<Option<bool>, sqlx::Error> {
-        let _turn = self.write_turn().await;
+        let _turn = self.db.write_turn().await;
         let mut tx = self.db.pool().begin().await?;
         let expired = sqlx::query(
             "UPDATE reservations SET status = 'released', reason = $1, released_at_ms = $2 \
@@ -829,7 +813,7 @@ impl Repository {
         delta: i64,
         reason: &str,
     ) -> Result<(Result<(), RepoError>, bool), sqlx::Error> {
-        let _turn = self.write_turn().await;
+        let _turn = self.db.write_turn().await;
         let now = now_ms();
         let mut tx = self.db.pool().begin().await?;
         let mut applied = apply_delta(&mut tx, product_id, warehouse_id, delta, now).await?;
@@ -922,7 +906,7 @@ impl Repository {
         warehouses: &[Warehouse],
         stock: &[SeedStock],
     ) -> Result<u64, RepoError> {
-        let _turn = self.write_turn().await;
+        let _turn = self.db.write_turn().await;
         let mut tx = self.db.pool().begin().await?;
         // A write first, so on SQLite the count below cannot go stale before our inserts.
         for (position, w) in warehouses.iter().enumerate() {

@@ -7,6 +7,7 @@
 //! `CASE WHEN flag THEN 1 ELSE 0 END`, or store flags as `BIGINT` 0/1.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyQueryResult};
@@ -41,6 +42,9 @@ impl FromStr for Engine {
 pub struct Database {
     pool: AnyPool,
     engine: Engine,
+    /// Whose turn it is to write (SQLite only), shared by every clone: see
+    /// [`Database::write_turn`].
+    writer: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// Why the database could not be opened.
@@ -128,7 +132,28 @@ impl Database {
                 source,
             })?;
         migrator.run(&pool).await?;
-        Ok(Self { pool, engine })
+        let writer = (engine == Engine::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        Ok(Self {
+            pool,
+            engine,
+            writer,
+        })
+    }
+
+    /// Waits for this process's turn to write, on SQLite; held until dropped (on PostgreSQL,
+    /// which locks rows, writers run side by side and this returns at once).
+    ///
+    /// SQLite lets one writer in at a time. Left to itself, a transaction that read and then
+    /// wants to write while another writes fails with "database is locked" (and is run again)
+    /// or polls with growing sleeps, holding a pool connection meanwhile; under load that costs
+    /// far more than the writes. Queued here instead, each write transaction starts the moment
+    /// the previous one commits. Take it before beginning a write transaction and hold it to
+    /// the commit; never while holding it for another, so it cannot deadlock.
+    pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.writer {
+            Some(writer) => Some(writer.lock().await),
+            None => None,
+        }
     }
 
     pub fn pool(&self) -> &AnyPool {

@@ -264,6 +264,8 @@ async fn apply_once(
     let Some(last) = events.last() else {
         return Ok(0);
     };
+    // On SQLite, in turn with the service's own writers (a shared database).
+    let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     let now = now_ms();
     if let Some(cursor) = cursor {

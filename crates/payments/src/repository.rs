@@ -8,15 +8,13 @@
 //! forward through conditional updates (`WHERE status = <expected>`), so a concurrent retry
 //! can neither apply an answer twice nor publish an event twice.
 //!
-//! On SQLite the writes of this process take turns (`Repository::write_turn`): SQLite has one
+//! On SQLite the writes of this process take turns (kit's `Database::write_turn`): SQLite has one
 //! writer at a time and makes the others poll with growing sleeps (its busy handler waits up to
 //! 100 ms between tries), which under load cost far more than the writes and held pool
 //! connections the reads needed; queued in memory, each write starts the moment the previous
 //! one commits. PostgreSQL locks rows, so its writers run side by side.
 
-use std::sync::Arc;
-
-use bazaar_kit::storage::{now_ms, retry_conflicts, Database, Engine};
+use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
 use bazaar_messaging::{NewEvent, Outbox};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -110,23 +108,11 @@ fn operation_from_row(row: &AnyRow) -> Result<StoredOperation, RepoError> {
 pub struct Repository {
     db: Database,
     outbox: Outbox,
-    /// Whose turn it is to write (SQLite only; see the module's documentation).
-    writer: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Repository {
     pub fn new(db: Database, outbox: Outbox) -> Self {
-        let writer = (db.engine() == Engine::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
-        Self { db, outbox, writer }
-    }
-
-    /// Waits for this process's turn to write (SQLite); held until dropped. Taken before a
-    /// pool connection, for one statement or transaction at a time, so it cannot deadlock.
-    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match &self.writer {
-            Some(writer) => Some(writer.lock().await),
-            None => None,
-        }
+        Self { db, outbox }
     }
 
     pub fn database(&self) -> &Database {
@@ -139,7 +125,7 @@ impl Repository {
 
     /// Saves a tokenized card for its owner.
     pub async fn save_card(&self, card: &StoredCard) -> Result<(), RepoError> {
-        let _turn = self.write_turn().await;
+        let _turn = self.db.write_turn().await;
         sqlx::query(
             "INSERT INTO cards (token, user_id, brand, last4, exp_month, exp_year, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -189,7 +175,7 @@ impl Repository {
         payment: &StoredPayment,
     ) -> Result<Inserted<StoredPayment>, RepoError> {
         let p = &payment.payment;
-        let turn = self.write_turn().await;
+        let turn = self.db.write_turn().await;
         let inserted = sqlx::query(&format!(
             "INSERT INTO payments ({PAYMENT_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
@@ -284,7 +270,7 @@ impl Repository {
             Some(_) => Status::Declined,
         };
         let appended = retry_conflicts(|| async {
-            let _turn = self.write_turn().await;
+            let _turn = self.db.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
             let updated = sqlx::query(
                 "UPDATE payments SET status = $1, decline_code = $2, processor_id = $3, \
@@ -367,7 +353,7 @@ impl Repository {
         operation: &StoredOperation,
     ) -> Result<Inserted<StoredOperation>, RepoError> {
         let now = now_ms();
-        let turn = self.write_turn().await;
+        let turn = self.db.write_turn().await;
         let inserted = sqlx::query(
             "INSERT INTO payment_operations (idempotency_key, payment_id, operation, \
              processor_key, done, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, $5, $5)",
@@ -400,7 +386,7 @@ impl Repository {
     ) -> Result<StoredPayment, RepoError> {
         let op = operation.operation;
         let appended = retry_conflicts(|| async {
-            let _turn = self.write_turn().await;
+            let _turn = self.db.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
             let now = now_ms();
             let updated = sqlx::query(

@@ -165,6 +165,7 @@ impl Repository {
         let body =
             serde_json::to_string(authorization).map_err(|e| RepoError::Corrupt(e.to_string()))?;
         let recorded = retry_conflicts(|| async {
+            let _turn = self.db.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
             let inserted = insert_key(&mut tx, key, fingerprint, status, &body).await;
             match inserted {
@@ -236,6 +237,7 @@ impl Repository {
         transition: Transition,
     ) -> Result<Option<TransitionOutcome>, RepoError> {
         let attempt = retry_conflicts(|| async {
+            let _turn = self.db.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
             // The key first: it serializes requests with the same key before anything is read.
             match insert_key(&mut tx, key, fingerprint, 0, "").await {

@@ -90,6 +90,7 @@ impl Repository {
     }
 
     async fn create_once(&self, new: &NewShipment) -> Result<(String, bool), sqlx::Error> {
+        let _turn = self.db.write_turn().await;
         let mut tx = self.db.pool().begin().await?;
         let existing: Option<String> =
             sqlx::query_scalar("SELECT id FROM shipments WHERE order_id = $1")
@@ -254,6 +255,7 @@ impl Repository {
         in_transit_cutoff: i64,
         delivered_cutoff: i64,
     ) -> Result<usize, sqlx::Error> {
+        let _turn = self.db.write_turn().await;
         let mut tx = self.db.pool().begin().await?;
         let Some(row) = sqlx::query(
             "SELECT order_id, user_id, tracking_number, status, created_at_ms FROM shipments \
