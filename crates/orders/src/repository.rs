@@ -2,16 +2,14 @@
 //! row holds the saga's state (`step`, `saga` JSON, retry bookkeeping and the claim that lets
 //! one worker drive it at a time); `order_history` records each step's outcome.
 //!
-//! On SQLite the writes of this process take turns (`Repository::write_turn`): SQLite has one
+//! On SQLite the writes of this process take turns (kit's `Database::write_turn`): SQLite has one
 //! writer at a time and makes the others poll with growing sleeps (its busy handler waits up to
 //! 100 ms between tries), which under load cost far more than the writes themselves and held
 //! pool connections the reads needed. Queued in memory instead, each write starts the moment
 //! the previous one commits. PostgreSQL locks rows, so its writers run side by side.
 
-use std::sync::Arc;
-
 use bazaar_kit::group_commit::{BatchWrite, Queued};
-use bazaar_kit::storage::{now_ms, Database, Engine};
+use bazaar_kit::storage::{now_ms, Database};
 use bazaar_messaging::{NewEvent, Outbox};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -146,23 +144,11 @@ const COLUMNS: &str =
 #[derive(Clone)]
 pub struct Repository {
     db: Database,
-    /// Whose turn it is to write (SQLite only; see the module's documentation).
-    writer: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Repository {
     pub fn new(db: Database) -> Self {
-        let writer = (db.engine() == Engine::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
-        Self { db, writer }
-    }
-
-    /// Waits for this process's turn to write (SQLite); held until dropped. Taken before a
-    /// pool connection, and never while holding one for another write, so it cannot deadlock.
-    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match &self.writer {
-            Some(writer) => Some(writer.lock().await),
-            None => None,
-        }
+        Self { db }
     }
 
     pub fn database(&self) -> &Database {
@@ -196,7 +182,7 @@ impl Repository {
         claim: (&str, i64),
     ) -> Result<bool, sqlx::Error> {
         let outcome = bazaar_kit::storage::retry_conflicts(|| async {
-            let _turn = self.write_turn().await;
+            let _turn = self.db.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
             let inserted = sqlx::query(
                 "INSERT INTO orders (id, user_id, email, idempotency_key, status, status_reason, step, \
@@ -332,7 +318,7 @@ impl Repository {
     ) -> Result<Option<StoredOrder>, sqlx::Error> {
         let now = now_ms();
         let claimed = bazaar_kit::storage::retry_conflicts(|| async {
-            let _turn = self.write_turn().await;
+            let _turn = self.db.write_turn().await;
             sqlx::query(
                 "UPDATE orders SET claimed_by = $1, claimed_until_ms = $2 WHERE id = $3 \
                  AND status = 'pending' AND (claimed_until_ms < $4 OR claimed_by = $1)",
@@ -354,7 +340,7 @@ impl Repository {
     /// Lets go of every claim `worker` holds (see `Saga::run`); how many there were.
     pub async fn release_claims(&self, worker: &str) -> Result<u64, sqlx::Error> {
         let released = bazaar_kit::storage::retry_conflicts(|| async {
-            let _turn = self.write_turn().await;
+            let _turn = self.db.write_turn().await;
             sqlx::query(
                 "UPDATE orders SET claimed_until_ms = 0 \
                  WHERE claimed_by = $1 AND status = 'pending' AND claimed_until_ms > 0",
@@ -370,7 +356,7 @@ impl Repository {
     /// Lets go of a claim (the order waits for `next_attempt_at_ms`).
     pub async fn unclaim(&self, id: &str, worker: &str) -> Result<(), sqlx::Error> {
         bazaar_kit::storage::retry_conflicts(|| async {
-            let _turn = self.write_turn().await;
+            let _turn = self.db.write_turn().await;
             sqlx::query("UPDATE orders SET claimed_until_ms = 0 WHERE id = $1 AND claimed_by = $2")
                 .bind(id)
                 .bind(worker)
@@ -392,41 +378,24 @@ impl Repository {
         steps: &[&StepRecord],
     ) -> Result<Vec<bool>, sqlx::Error> {
         let recorded = bazaar_kit::storage::retry_conflicts(|| async {
-            let _turn = self.write_turn().await;
+            let _turn = self.db.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
             let now = now_ms();
-            let mut recorded = Vec::with_capacity(steps.len());
-            for record in steps {
-                let update = &record.update;
-                let changed = sqlx::query(
-                    "UPDATE orders SET step = $1, status = $2, status_reason = $3, saga = $4, \
-                     shipping_minor = $5, total_minor = $6, attempts = $7, next_attempt_at_ms = $8, \
-                     updated_at_ms = $9, claimed_until_ms = $12 \
-                     WHERE id = $10 AND claimed_by = $11 AND status = 'pending'",
-                )
-                .bind(&update.step)
-                .bind(&update.status)
-                .bind(&update.status_reason)
-                .bind(json(&update.saga))
-                .bind(update.shipping_minor)
-                .bind(update.total_minor)
-                .bind(update.attempts)
-                .bind(update.next_attempt_at_ms)
-                .bind(now)
-                .bind(&record.id)
-                .bind(&record.worker)
-                .bind(update.claimed_until_ms)
-                .execute(&mut *tx)
-                .await?;
-                if changed.rows_affected() == 0 {
-                    recorded.push(false);
-                    continue;
+            // The batched statements match steps to orders by id: a batch holds one step per
+            // order (an order's task waits for its step's commit), but should one ever hold
+            // two, they are written one after the other.
+            let mut recorded = vec![false; steps.len()];
+            let mut remaining: Vec<usize> = (0..steps.len()).collect();
+            while !remaining.is_empty() {
+                let mut ids = std::collections::HashSet::new();
+                let (round, later): (Vec<usize>, Vec<usize>) =
+                    remaining.iter().partition(|&&i| ids.insert(&steps[i].id));
+                let batch: Vec<&StepRecord> = round.iter().map(|&i| steps[i]).collect();
+                let written = record_steps_in(&mut tx, outbox, &batch, now).await?;
+                for (i, written) in round.into_iter().zip(written) {
+                    recorded[i] = written;
                 }
-                insert_history(&mut tx, &record.id, &update.history).await?;
-                if let Some(event) = &update.event {
-                    outbox.append_in(&mut tx, event.clone()).await?;
-                }
-                recorded.push(true);
+                remaining = later;
             }
             tx.commit().await?;
             Ok(recorded)
@@ -451,6 +420,113 @@ impl Repository {
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect()
     }
+}
+
+/// Writes `steps` (of distinct orders) in `tx`: one `UPDATE … FROM (VALUES …) RETURNING` for
+/// all the orders whose claim still holds and one multi-row insert for their history, instead
+/// of two statements per step. Each statement costs a round trip (to SQLite's connection
+/// thread, or to PostgreSQL), which is what a group commit of many steps is for saving.
+async fn record_steps_in(
+    tx: &mut AnyConnection,
+    outbox: &Outbox,
+    steps: &[&StepRecord],
+    now: i64,
+) -> Result<Vec<bool>, sqlx::Error> {
+    if steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    // VALUES columns are named column1, column2… on both engines.
+    const COLUMNS_PER_STEP: usize = 11;
+    let values = placeholders(steps.len(), COLUMNS_PER_STEP, 1);
+    let sql = format!(
+        "UPDATE orders SET step = v.column3, status = v.column4, status_reason = v.column5, \
+         saga = v.column6, shipping_minor = v.column7, total_minor = v.column8, \
+         attempts = v.column9, next_attempt_at_ms = v.column10, claimed_until_ms = v.column11, \
+         updated_at_ms = ${now_at} \
+         FROM (VALUES {values}) AS v \
+         WHERE orders.id = v.column1 AND orders.claimed_by = v.column2 \
+         AND orders.status = 'pending' RETURNING id",
+        now_at = steps.len() * COLUMNS_PER_STEP + 1,
+    );
+    let mut update = sqlx::query(&sql);
+    for record in steps {
+        let step = &record.update;
+        update = update
+            .bind(&record.id)
+            .bind(&record.worker)
+            .bind(&step.step)
+            .bind(&step.status)
+            .bind(&step.status_reason)
+            .bind(json(&step.saga))
+            .bind(step.shipping_minor)
+            .bind(step.total_minor)
+            .bind(step.attempts)
+            .bind(step.next_attempt_at_ms)
+            .bind(step.claimed_until_ms);
+    }
+    let changed: std::collections::HashSet<String> = update
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()?;
+    let recorded: Vec<bool> = steps.iter().map(|r| changed.contains(&r.id)).collect();
+
+    let written: Vec<&StepRecord> = steps
+        .iter()
+        .zip(&recorded)
+        .filter(|(_, recorded)| **recorded)
+        .map(|(record, _)| *record)
+        .collect();
+    if !written.is_empty() {
+        insert_histories(tx, &written).await?;
+    }
+    for record in written {
+        if let Some(event) = &record.update.event {
+            outbox.append_in(tx, event.clone()).await?;
+        }
+    }
+    Ok(recorded)
+}
+
+/// `rows` groups of `columns` numbered placeholders from `$first`: `($1, $2), ($3, $4)`.
+fn placeholders(rows: usize, columns: usize, first: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let cells: Vec<String> = (0..columns)
+                .map(|column| format!("${}", first + row * columns + column))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One history row for each of `steps` (distinct orders), each numbered after its order's last.
+async fn insert_histories(
+    tx: &mut AnyConnection,
+    steps: &[&StepRecord],
+) -> Result<(), sqlx::Error> {
+    let values = placeholders(steps.len(), 5, 1);
+    let sql = format!(
+        "INSERT INTO order_history (order_id, seq, at_ms, step, outcome, detail) \
+         SELECT v.column1, \
+         (SELECT COALESCE(MAX(h.seq), 0) + 1 FROM order_history h WHERE h.order_id = v.column1), \
+         v.column2, v.column3, v.column4, v.column5 FROM (VALUES {values}) AS v"
+    );
+    let mut insert = sqlx::query(&sql);
+    for record in steps {
+        let entry = &record.update.history;
+        insert = insert
+            .bind(&record.id)
+            .bind(entry.at_ms)
+            .bind(&entry.step)
+            .bind(&entry.outcome)
+            .bind(&entry.detail);
+    }
+    insert.execute(&mut *tx).await?;
+    Ok(())
 }
 
 async fn insert_history(

@@ -1,0 +1,205 @@
+//! The orders repository's batched step write, on SQLite and (with `BAZAAR_TEST_POSTGRES_URL`)
+//! PostgreSQL: the steps of many orders recorded by one `UPDATE … FROM (VALUES …)` and one
+//! multi-row history insert must act exactly as one write per step did.
+
+use bazaar_kit::storage::testing::{fresh_postgres_database, sqlite_url};
+use bazaar_kit::storage::Database;
+use bazaar_messaging::{NewEvent, Outbox};
+use bazaar_orders::model::{Address, HistoryEntry, Money, OrderLine, SagaState};
+use bazaar_orders::repository::{StepRecord, StepUpdate, StoredOrder};
+use bazaar_orders::{Repository, MIGRATOR};
+
+const WORKER: &str = "worker-a";
+
+fn order(id: &str) -> StoredOrder {
+    StoredOrder {
+        id: id.to_owned(),
+        user_id: format!("user-{id}"),
+        email: format!("{id}@example.test"),
+        idempotency_key: format!("key-{id}"),
+        status: "pending".into(),
+        status_reason: String::new(),
+        step: "reserve_stock".into(),
+        currency: "USD".into(),
+        subtotal_minor: 1000,
+        shipping_minor: 0,
+        total_minor: 1000,
+        address: Address {
+            name: "A Shopper".into(),
+            line1: "1 Main Street".into(),
+            city: "New York".into(),
+            country: "US".into(),
+            postal_code: "10001".into(),
+        },
+        lines: vec![OrderLine {
+            product_id: "p1".into(),
+            sku: "SKU-1".into(),
+            name: "A thing".into(),
+            quantity: 1,
+            unit_price: Money::new(1000, "USD"),
+            weight_grams: 100,
+        }],
+        saga: SagaState::default(),
+        card_token: "tok".into(),
+        attempts: 0,
+        created_at_ms: 1_000,
+        updated_at_ms: 1_000,
+    }
+}
+
+fn step(id: &str, worker: &str, to_step: &str, detail: &str, event: bool) -> StepRecord {
+    let saga = SagaState {
+        payment_id: Some(format!("pay-{id}")),
+        ..SagaState::default()
+    };
+    StepRecord {
+        id: id.to_owned(),
+        worker: worker.to_owned(),
+        update: StepUpdate {
+            step: to_step.to_owned(),
+            status: if event { "confirmed" } else { "pending" }.to_owned(),
+            status_reason: format!("reason-{id}"),
+            saga,
+            shipping_minor: 250,
+            total_minor: 1250,
+            attempts: 0,
+            next_attempt_at_ms: 5_000,
+            history: HistoryEntry {
+                at_ms: 2_000,
+                step: to_step.to_owned(),
+                outcome: "ok".into(),
+                detail: detail.to_owned(),
+            },
+            event: event.then(|| {
+                NewEvent::new("order.confirmed", id, &serde_json::json!({"order_id": id}))
+            }),
+            claimed_until_ms: 9_000,
+        },
+    }
+}
+
+async fn setup(url: &str) -> (Repository, Outbox) {
+    let db = Database::open(url, &MIGRATOR).await.expect("database");
+    let outbox = Outbox::open(&db, "orders").await.expect("outbox");
+    let repository = Repository::new(db);
+    for id in ["o1", "o2", "o3", "o4"] {
+        let placed = NewEvent::new("order.placed", id, &serde_json::json!({"order_id": id}));
+        let claim = if id == "o3" { "worker-b" } else { WORKER };
+        assert!(repository
+            .insert(&outbox, &order(id), placed, (claim, 60_000))
+            .await
+            .expect("insert"));
+    }
+    (repository, outbox)
+}
+
+async fn batched_steps_record_each_claimed_order_once(url: String) {
+    let (repository, outbox) = setup(&url).await;
+    let events_before = outbox.read_after(0, 100).await.expect("events").len();
+
+    // o3 is claimed by another worker: its step must not be recorded, the others must.
+    let o1 = step("o1", WORKER, "authorize_payment", "reserved o1", false);
+    let o2 = step("o2", WORKER, "done", "confirmed o2", true);
+    let o3 = step("o3", WORKER, "authorize_payment", "reserved o3", false);
+    let o4 = step("o4", WORKER, "price", "reserved o4", false);
+    let recorded = repository
+        .record_steps(&outbox, &[&o1, &o2, &o3, &o4])
+        .await
+        .expect("record");
+    assert_eq!(recorded, vec![true, true, false, true]);
+
+    let stored = repository.get("o1").await.expect("get").expect("o1");
+    assert_eq!(stored.step, "authorize_payment");
+    assert_eq!(stored.status, "pending");
+    assert_eq!(stored.status_reason, "reason-o1");
+    assert_eq!(stored.shipping_minor, 250);
+    assert_eq!(stored.total_minor, 1250);
+    assert_eq!(stored.saga.payment_id.as_deref(), Some("pay-o1"));
+    let o2_stored = repository.get("o2").await.expect("get").expect("o2");
+    assert_eq!(
+        (o2_stored.step.as_str(), o2_stored.status.as_str()),
+        ("done", "confirmed")
+    );
+    assert_eq!(
+        o2_stored.updated_at_ms, stored.updated_at_ms,
+        "one commit time"
+    );
+    let untouched = repository.get("o3").await.expect("get").expect("o3");
+    assert_eq!(untouched.step, "reserve_stock");
+    assert_eq!(untouched.saga.payment_id, None);
+    assert_eq!(
+        repository.get("o4").await.expect("get").expect("o4").step,
+        "price"
+    );
+
+    // Each recorded order got one history row after its "placed" row; o3 none.
+    for (id, detail) in [
+        ("o1", "reserved o1"),
+        ("o2", "confirmed o2"),
+        ("o4", "reserved o4"),
+    ] {
+        let history = repository.history(id).await.expect("history");
+        assert_eq!(history.len(), 2, "{id}: {history:?}");
+        assert_eq!(history[1].detail, detail);
+    }
+    assert_eq!(repository.history("o3").await.expect("history").len(), 1);
+
+    // Only the recorded terminal step published its event.
+    let events = outbox.read_after(0, 100).await.expect("events");
+    assert_eq!(events.len(), events_before + 1);
+    assert_eq!(events.last().expect("event").event_type, "order.confirmed");
+    assert_eq!(events.last().expect("event").aggregate_id, "o2");
+
+    // Two steps of one order in one batch are written one after the other, in order, and
+    // each numbered after the last.
+    let first = step("o1", WORKER, "create_shipment", "authorized o1", false);
+    let second = step("o1", WORKER, "commit_stock", "shipped o1", false);
+    let recorded = repository
+        .record_steps(&outbox, &[&first, &second])
+        .await
+        .expect("record");
+    assert_eq!(recorded, vec![true, true]);
+    assert_eq!(
+        repository.get("o1").await.expect("get").expect("o1").step,
+        "commit_stock"
+    );
+    let details: Vec<String> = repository
+        .history("o1")
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|h| h.detail)
+        .collect();
+    assert_eq!(
+        details,
+        [
+            "order accepted; checkout started",
+            "reserved o1",
+            "authorized o1",
+            "shipped o1"
+        ]
+    );
+
+    // A finished order takes no further step.
+    let late = step("o2", WORKER, "done", "again", false);
+    assert_eq!(
+        repository
+            .record_steps(&outbox, &[&late])
+            .await
+            .expect("record"),
+        vec![false]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_batched_steps_record_each_claimed_order_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    batched_steps_record_each_claimed_order_once(sqlite_url(dir.path(), "orders")).await;
+}
+
+#[tokio::test]
+async fn postgres_batched_steps_record_each_claimed_order_once() {
+    if let Some(url) = fresh_postgres_database("orders_steps").await {
+        batched_steps_record_each_claimed_order_once(url).await;
+    }
+}
