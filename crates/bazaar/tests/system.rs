@@ -209,11 +209,16 @@ fn up_supervises_restarts_persists_and_stops_cleanly() {
     assert!(pids.len() >= 3);
     // Each process, the restarted catalog included, is kept on one CPU, and they are spread
     // over the CPUs `up` may use (read from /proc, as the kernel applies it).
-    let allowed_to_up = cpus_allowed(proc.pid());
+    // (The registry may still list the killed catalog's pid until its entry expires.)
+    let allowed_to_up = cpus_allowed(proc.pid()).expect("up runs");
     if allowed_to_up.len() > 1 {
         let mut used = std::collections::BTreeSet::new();
-        for pid in &pids {
-            let cpus = cpus_allowed(*pid);
+        let mut live = 0;
+        for (pid, cpus) in pids
+            .iter()
+            .filter_map(|&pid| Some((pid, cpus_allowed(pid)?)))
+        {
+            live += 1;
             assert_eq!(cpus.len(), 1, "process {pid} runs on {cpus:?}");
             assert!(
                 allowed_to_up.contains(&cpus[0]),
@@ -221,7 +226,14 @@ fn up_supervises_restarts_persists_and_stops_cleanly() {
             );
             used.insert(cpus[0]);
         }
+        assert!(live >= 3, "{live} of {pids:?} alive");
         assert!(used.len() > 1, "all processes on {used:?}");
+        let new_catalog = instances_pid(&registry, "catalog", catalog_pid);
+        assert_eq!(
+            cpus_allowed(new_catalog).map(|cpus| cpus.len()),
+            Some(1),
+            "the restarted catalog is pinned too"
+        );
     }
     Command::new("kill")
         .args(["-TERM", &proc.pid().to_string()])
@@ -247,21 +259,38 @@ fn up_supervises_restarts_persists_and_stops_cleanly() {
     assert_eq!(response.status(), 200, "data survives a restart");
 }
 
-/// The CPUs a process may run on, from `Cpus_allowed_list` in `/proc/<pid>/status` ("0-3,6").
-fn cpus_allowed(pid: i32) -> Vec<usize> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+/// The pid of the live `service` instance the registry lists other than `old_pid`.
+fn instances_pid(registry: &str, service: &str, old_pid: i32) -> i32 {
+    let (_, out) = cli(&["status", "--json", "--registry", registry]);
+    serde_json::from_str::<serde_json::Value>(&out).expect("json")["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter(|i| i["service"] == service)
+        .filter_map(|i| i["metadata"]["pid"].as_str()?.parse::<i32>().ok())
+        .find(|&pid| pid != old_pid)
+        .unwrap_or_else(|| panic!("no new {service} instance: {out}"))
+}
+
+/// The CPUs a process may run on, from `Cpus_allowed_list` in `/proc/<pid>/status` ("0-3,6");
+/// `None` when there is no such process (any more).
+fn cpus_allowed(pid: i32) -> Option<Vec<usize>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let list = status
         .lines()
         .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
         .expect("Cpus_allowed_list")
         .trim();
-    list.split(',')
-        .flat_map(|range| {
-            let (from, to) = range.split_once('-').unwrap_or((range, range));
-            let (from, to): (usize, usize) = (from.parse().expect("cpu"), to.parse().expect("cpu"));
-            from..=to
-        })
-        .collect()
+    Some(
+        list.split(',')
+            .flat_map(|range| {
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                let (from, to): (usize, usize) =
+                    (from.parse().expect("cpu"), to.parse().expect("cpu"));
+                from..=to
+            })
+            .collect(),
+    )
 }
 
 #[test]
