@@ -151,7 +151,6 @@ impl Saga {
             saga.drive_claimed(order).await;
             drop(driving);
             drop(permit);
-            saga.wake();
         });
     }
 
@@ -190,7 +189,6 @@ impl Saga {
                             // Even if `drive` panicked, the guard's drop lets the order go.
                             drop(driving);
                             drop(permit);
-                            saga.wake();
                         });
                     }
                 }
@@ -200,7 +198,8 @@ impl Saga {
                 // Look again at once: more may be due.
                 tokio::task::yield_now().await;
                 if permits.available_permits() == 0 {
-                    self.wake.notified().await;
+                    // Every permit is out: look again once an order gives one back.
+                    let _ = permits.acquire().await;
                 }
                 continue;
             }
@@ -240,6 +239,8 @@ impl Saga {
                 Err(error) => {
                     tracing::warn!(%error, order_id = %id, "cannot record a saga step");
                     let _ = self.repository.unclaim(&id, &self.worker).await;
+                    // Due again now: the worker loop picks it up.
+                    self.wake();
                     return;
                 }
             }
@@ -350,6 +351,11 @@ impl Saga {
         if recorded {
             tracing::info!(order_id = %id, step = %current, next = %next_step,
                 status = %status, "saga step recorded");
+            if !go_on && status == "pending" {
+                // It waits for a retry: the worker loop must know its new due time. (An order
+                // that finished needs no look for due orders, which costs two queries.)
+                self.wake();
+            }
         }
         Ok(next.filter(|_| recorded))
     }
