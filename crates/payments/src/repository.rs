@@ -269,31 +269,26 @@ impl Repository {
             None => Status::Authorized,
             Some(_) => Status::Declined,
         };
-        let appended = retry_conflicts(|| async {
+        let recorded = retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
-            let updated = sqlx::query(
+            // RETURNING: the payment as stored, without reading it back.
+            let updated = sqlx::query(&format!(
                 "UPDATE payments SET status = $1, decline_code = $2, processor_id = $3, \
-                 updated_at = $4 WHERE id = $5 AND status = $6",
-            )
+                 updated_at = $4 WHERE id = $5 AND status = $6 RETURNING {PAYMENT_COLUMNS}"
+            ))
             .bind(status.as_str())
             .bind(result.decline_code.clone())
             .bind(&result.processor_id)
             .bind(now_ms())
             .bind(payment_id)
             .bind(Status::Pending.as_str())
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-            if updated.rows_affected() == 0 {
+            let Some(row) = updated else {
                 tx.rollback().await?;
-                return Ok(false);
-            }
-            let row = sqlx::query(&format!(
-                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"
-            ))
-            .bind(payment_id)
-            .fetch_one(&mut *tx)
-            .await?;
+                return Ok(None);
+            };
             let stored = payment_from_row(&row).map_err(|e| sqlx::Error::Decode(e.into()))?;
             let p = &stored.payment;
             let event = match &result.decline_code {
@@ -323,15 +318,20 @@ impl Repository {
             };
             self.outbox.append_in(&mut tx, event).await?;
             tx.commit().await?;
-            Ok(true)
+            Ok(Some(stored))
         })
         .await?;
-        if appended {
-            self.outbox.notify();
+        match recorded {
+            Some(stored) => {
+                self.outbox.notify();
+                Ok(stored)
+            }
+            // No longer pending (recorded by an earlier call): as it is now.
+            None => self
+                .payment(payment_id)
+                .await?
+                .ok_or_else(|| RepoError::Corrupt(format!("payment {payment_id} vanished"))),
         }
-        self.payment(payment_id)
-            .await?
-            .ok_or_else(|| RepoError::Corrupt(format!("payment {payment_id} vanished")))
     }
 
     /// A capture, void or refund recorded under the caller's key.
@@ -385,18 +385,20 @@ impl Repository {
         operation: &StoredOperation,
     ) -> Result<StoredPayment, RepoError> {
         let op = operation.operation;
-        let appended = retry_conflicts(|| async {
+        let recorded = retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
             let mut tx = self.db.pool().begin().await?;
             let now = now_ms();
-            let updated = sqlx::query(
-                "UPDATE payments SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
-            )
+            // RETURNING: the payment as stored, without reading it back.
+            let updated = sqlx::query(&format!(
+                "UPDATE payments SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4 \
+                 RETURNING {PAYMENT_COLUMNS}"
+            ))
             .bind(op.to_status().as_str())
             .bind(now)
             .bind(&operation.payment_id)
             .bind(op.from_status().as_str())
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
             sqlx::query(
                 "UPDATE payment_operations SET done = 1, updated_at = $1 \
@@ -406,39 +408,42 @@ impl Repository {
             .bind(&operation.idempotency_key)
             .execute(&mut *tx)
             .await?;
-            let changed = updated.rows_affected() == 1;
-            if changed {
-                let row = sqlx::query(&format!(
-                    "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"
-                ))
-                .bind(&operation.payment_id)
-                .fetch_one(&mut *tx)
-                .await?;
-                let stored = payment_from_row(&row).map_err(|e| sqlx::Error::Decode(e.into()))?;
-                let p = stored.payment;
-                let payload = PaymentEvent {
-                    payment_id: p.payment_id.clone(),
-                    order_id: p.order_id,
-                    user_id: p.user_id,
-                    amount: p.amount,
-                };
-                self.outbox
-                    .append_in(
-                        &mut tx,
-                        NewEvent::new(op.event_type(), &p.payment_id, &payload),
-                    )
-                    .await?;
-            }
+            let stored = match updated {
+                Some(row) => {
+                    let stored =
+                        payment_from_row(&row).map_err(|e| sqlx::Error::Decode(e.into()))?;
+                    let p = &stored.payment;
+                    let payload = PaymentEvent {
+                        payment_id: p.payment_id.clone(),
+                        order_id: p.order_id.clone(),
+                        user_id: p.user_id.clone(),
+                        amount: p.amount.clone(),
+                    };
+                    self.outbox
+                        .append_in(
+                            &mut tx,
+                            NewEvent::new(op.event_type(), &p.payment_id, &payload),
+                        )
+                        .await?;
+                    Some(stored)
+                }
+                None => None,
+            };
             tx.commit().await?;
-            Ok(changed)
+            Ok(stored)
         })
         .await?;
-        if appended {
-            self.outbox.notify();
+        match recorded {
+            Some(stored) => {
+                self.outbox.notify();
+                Ok(stored)
+            }
+            // Not in the status the operation starts from (done by an earlier call, or under
+            // another key): as it is now.
+            None => self.payment(&operation.payment_id).await?.ok_or_else(|| {
+                RepoError::Corrupt(format!("payment {} vanished", operation.payment_id))
+            }),
         }
-        self.payment(&operation.payment_id)
-            .await?
-            .ok_or_else(|| RepoError::Corrupt(format!("payment {} vanished", operation.payment_id)))
     }
 }
 
