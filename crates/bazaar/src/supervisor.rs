@@ -199,8 +199,9 @@ pub fn spawn(
 }
 
 /// Between fork and exec: the child gets SIGTERM when this process dies (so no orphan outlives
-/// `up`, even after a kill -9 of `up`) and, with `cpu`, is kept on that CPU (every thread it
-/// starts inherits the affinity).
+/// `up`, even after a kill -9 of `up`) and, with `cpu`, is kept on that CPU where the kernel
+/// allows it (every thread it starts inherits the affinity, and tokio sizes its worker pool
+/// from it: one worker).
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn prepare_child(command: &mut Command, cpu: Option<usize>) {
@@ -215,8 +216,10 @@ fn prepare_child(command: &mut Command, cpu: Option<usize>) {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
                 .map_err(std::io::Error::from)?;
             if let Some(set) = &cpu_set {
-                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), set)
-                    .map_err(std::io::Error::from)?;
+                // Best effort: pinning only saves CPU, so a CPU that has gone away since `up`
+                // planned (hot-unplugged, a shrunk cpuset) or a sandbox that forbids the call
+                // leaves the process unpinned instead of unable to start.
+                let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), set);
             }
             Ok(())
         });

@@ -448,7 +448,9 @@ async fn record_steps_in(
          AND orders.status = 'pending' RETURNING id",
         now_at = steps.len() * COLUMNS_PER_STEP + 1,
     );
-    let mut update = sqlx::query(&sql);
+    // Each batch size is another statement text: only small ones are worth caching, lest the
+    // sizes crowd the hot statements out of the connection's statement cache.
+    let mut update = sqlx::query(&sql).persistent(steps.len() <= CACHED_BATCH);
     for record in steps {
         let step = &record.update;
         update = update
@@ -490,6 +492,9 @@ async fn record_steps_in(
     Ok(recorded)
 }
 
+/// Largest batch whose statements are kept prepared (as the messaging consumer does).
+const CACHED_BATCH: usize = 8;
+
 /// `rows` groups of `columns` numbered placeholders from `$first`: `($1, $2), ($3, $4)`.
 fn placeholders(rows: usize, columns: usize, first: usize) -> String {
     (0..rows)
@@ -515,7 +520,7 @@ async fn insert_histories(
          (SELECT COALESCE(MAX(h.seq), 0) + 1 FROM order_history h WHERE h.order_id = v.column1), \
          v.column2, v.column3, v.column4, v.column5 FROM (VALUES {values}) AS v"
     );
-    let mut insert = sqlx::query(&sql);
+    let mut insert = sqlx::query(&sql).persistent(steps.len() <= CACHED_BATCH);
     for record in steps {
         let entry = &record.update.history;
         insert = insert
