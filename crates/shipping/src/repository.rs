@@ -42,7 +42,7 @@ pub struct NewShipment {
 /// What [`Repository::create_once`] did.
 enum Created {
     /// Inserted now: the shipment as stored.
-    New(Shipment),
+    New(Box<Shipment>),
     /// The order already had this shipment.
     Existing(String),
 }
@@ -92,7 +92,7 @@ impl Repository {
         match retry_conflicts(|| self.create_once(new)).await? {
             Created::New(shipment) => {
                 self.outbox.notify();
-                Ok((shipment, true))
+                Ok((*shipment, true))
             }
             Created::Existing(id) => {
                 let shipment = self.get(&id).await?.ok_or(sqlx::Error::RowNotFound)?;
@@ -158,7 +158,7 @@ impl Repository {
         tx.commit().await?;
         // What was just written, as `get` would read it back (one statement and one round trip
         // fewer per shipment).
-        Ok(Created::New(Shipment {
+        Ok(Created::New(Box::new(Shipment {
             shipment_id: id,
             order_id: new.order_id.clone(),
             user_id: new.user_id.clone(),
@@ -178,7 +178,7 @@ impl Repository {
             }],
             created_at: rfc3339(now),
             updated_at: rfc3339(now),
-        }))
+        })))
     }
 
     /// One shipment with its history.
