@@ -22,7 +22,7 @@ use crate::model::{
     parse_session, validate_product_id, validate_quantity, AddLine, Cart, CartLine, MergeRequest,
     Money, Owner, SetQuantity,
 };
-use crate::pricing::priced_cart;
+use crate::pricing::{priced_cart, priced_cart_knowing};
 use crate::repository::RepoError;
 use crate::AppState;
 
@@ -195,7 +195,9 @@ async fn add_line(
             state.limits,
         )
         .await?;
-    Ok(axum::Json(priced_cart(&state, &key).await?))
+    // The catalog was just asked about this product: no second lookup for the answer.
+    let known = Some((input.product_id.as_str(), &snapshot));
+    Ok(axum::Json(priced_cart_knowing(&state, &key, known).await?))
 }
 
 /// Set a line's quantity; 0 removes the line. A product not yet in the cart is added.
@@ -226,6 +228,7 @@ async fn set_line(
         }
         return Ok(axum::Json(priced_cart(&state, &key).await?));
     }
+    let mut looked_up = None;
     match state
         .repository
         .set(&key, &product_id, input.quantity, None, state.limits)
@@ -254,10 +257,13 @@ async fn set_line(
                     state.limits,
                 )
                 .await?;
+            looked_up = Some(snapshot);
         }
         Err(error) => return Err(error.into()),
     }
-    Ok(axum::Json(priced_cart(&state, &key).await?))
+    // A new line's product was just read from the catalog: no second lookup for the answer.
+    let known = looked_up.as_ref().map(|s| (product_id.as_str(), s));
+    Ok(axum::Json(priced_cart_knowing(&state, &key, known).await?))
 }
 
 /// Remove a line.

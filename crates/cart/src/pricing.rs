@@ -10,14 +10,27 @@ use crate::AppState;
 
 /// The cart stored under `owner`, priced by the catalog now.
 pub async fn priced_cart(state: &AppState, owner: &str) -> ApiResult<Cart> {
+    priced_cart_knowing(state, owner, None).await
+}
+
+/// [`priced_cart`] for a request that has just read `known` (a product id and what the catalog
+/// said of it) from the catalog itself: that line is priced with it instead of asking again.
+pub async fn priced_cart_knowing(
+    state: &AppState,
+    owner: &str,
+    known: Option<(&str, &ProductSnapshot)>,
+) -> ApiResult<Cart> {
     let lines = state.repository.lines(owner).await?;
     // All lookups at once: a cart read then costs one catalog round trip (or one timeout when
     // the catalog hangs), not one per line.
-    let lookups = futures::future::join_all(
-        lines
-            .iter()
-            .map(|line| state.catalog.product(&line.product_id)),
-    )
+    let lookups = futures::future::join_all(lines.iter().map(|line| async {
+        match known {
+            Some((product_id, snapshot)) if product_id == line.product_id => {
+                Lookup::Found(snapshot.clone())
+            }
+            _ => state.catalog.product(&line.product_id).await,
+        }
+    }))
     .await;
 
     let mut stale = false;

@@ -36,6 +36,8 @@ use tower::ServiceExt;
 struct FakeCatalog {
     products: Arc<Mutex<HashMap<String, Value>>>,
     down: Arc<AtomicBool>,
+    /// Product lookups served.
+    lookups: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeCatalog {
@@ -75,6 +77,7 @@ impl FakeCatalog {
             get(move |Path(id): Path<String>| {
                 let catalog = catalog.clone();
                 async move {
+                    catalog.lookups.fetch_add(1, Ordering::SeqCst);
                     if catalog.down.load(Ordering::SeqCst) {
                         return StatusCode::SERVICE_UNAVAILABLE.into_response();
                     }
@@ -288,6 +291,35 @@ fn map(pairs: &[(&str, i64)]) -> HashMap<String, i64> {
 
 // ---------------------------------------------------------------------------------------------
 // api
+
+#[tokio::test]
+async fn api_adding_a_product_asks_the_catalog_once_and_answers_with_its_price() {
+    let t = spawn_app().await;
+    t.catalog.put("cup", "KIT-1", 1250);
+    t.catalog.put("pot", "KIT-2", 3000);
+    let me = new_session();
+    let lookups = || t.catalog.lookups.load(Ordering::SeqCst);
+
+    // POST a line: one lookup validates the product and prices the answer.
+    let before = lookups();
+    let cart = t.add(&me, "cup", 1).await.ok();
+    assert_eq!(lookups() - before, 1);
+    assert_eq!(cart["lines"][0]["unit_price"]["amount_minor"], 1250);
+
+    // PUT of a product not yet in the cart: one lookup for it, one for the line already there.
+    let before = lookups();
+    let cart = t.set(&me, "pot", 2).await.ok();
+    assert_eq!(lookups() - before, 2);
+    assert_eq!(quantities(&cart), map(&[("cup", 1), ("pot", 2)]));
+    assert_eq!(cart["lines"][1]["unit_price"]["amount_minor"], 3000);
+
+    // A line already in the cart is priced by a fresh lookup: a price change shows at once.
+    t.catalog.put("cup", "KIT-1", 1300);
+    let before = lookups();
+    let cart = t.set(&me, "cup", 3).await.ok();
+    assert_eq!(lookups() - before, 2, "both lines re-read");
+    assert_eq!(cart["lines"][0]["unit_price"]["amount_minor"], 1300);
+}
 
 #[tokio::test]
 async fn api_anonymous_cart_adds_sets_and_removes_lines() {
