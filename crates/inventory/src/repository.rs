@@ -1075,25 +1075,29 @@ async fn read_reservation(
     connection: &mut AnyConnection,
     key: &str,
 ) -> Result<Option<Reservation>, sqlx::Error> {
-    let Some(row) = sqlx::query(&format!(
-        "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE reservation_key = $1"
-    ))
-    .bind(key)
-    .fetch_optional(&mut *connection)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let mut reservation = read_reservation_row(&row)?;
-    let rows = sqlx::query(&format!(
-        "SELECT {ALLOCATION_COLUMNS} FROM reservation_allocations a \
-         JOIN warehouses w ON w.id = a.warehouse_id \
-         WHERE a.reservation_key = $1 ORDER BY a.position"
-    ))
+    // The reservation and its allocations in one statement (one round trip, not two): a row
+    // per allocation, or one row with NULL allocation columns when it has none.
+    let rows = sqlx::query(
+        "SELECT r.reservation_key, r.status, r.reason, r.created_at_ms, r.expires_at_ms, \
+         r.committed_at_ms, r.released_at_ms, \
+         a.product_id, a.warehouse_id, a.quantity, w.lat, w.lon \
+         FROM reservations r \
+         LEFT JOIN reservation_allocations a ON a.reservation_key = r.reservation_key \
+         LEFT JOIN warehouses w ON w.id = a.warehouse_id \
+         WHERE r.reservation_key = $1 ORDER BY a.position",
+    )
     .bind(key)
     .fetch_all(&mut *connection)
     .await?;
-    reservation.allocations = rows.iter().map(read_allocation).collect::<Result<_, _>>()?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut reservation = read_reservation_row(first)?;
+    for row in &rows {
+        if row.try_get::<Option<String>, _>("product_id")?.is_some() {
+            reservation.allocations.push(read_allocation(row)?);
+        }
+    }
     Ok(Some(reservation))
 }
 
