@@ -214,17 +214,13 @@ impl Repository {
             if inserted.rows_affected() == 0 {
                 return Ok(false);
             }
-            insert_history(
-                &mut tx,
-                &order.id,
-                &HistoryEntry {
-                    at_ms: order.created_at_ms,
-                    step: "placed".into(),
-                    outcome: "ok".into(),
-                    detail: "order accepted; checkout started".into(),
-                },
-            )
-            .await?;
+            let placed = HistoryEntry {
+                at_ms: order.created_at_ms,
+                step: "placed".into(),
+                outcome: "ok".into(),
+                detail: "order accepted; checkout started".into(),
+            };
+            insert_histories(&mut tx, &[(order.id.as_str(), &placed)]).await?;
             outbox.append_in(&mut tx, event.clone()).await?;
             tx.commit().await?;
             Ok(true)
@@ -482,7 +478,11 @@ async fn record_steps_in(
         .map(|(record, _)| *record)
         .collect();
     if !written.is_empty() {
-        insert_histories(tx, &written).await?;
+        let entries: Vec<(&str, &HistoryEntry)> = written
+            .iter()
+            .map(|record| (record.id.as_str(), &record.update.history))
+            .collect();
+        insert_histories(tx, &entries).await?;
     }
     for record in written {
         if let Some(event) = &record.update.event {
@@ -508,50 +508,29 @@ fn placeholders(rows: usize, columns: usize, first: usize) -> String {
         .join(", ")
 }
 
-/// One history row for each of `steps` (distinct orders), each numbered after its order's last.
+/// One history row for each `(order id, entry)` (distinct orders), each numbered after its
+/// order's last in the insert itself: one statement, however many rows, and no read first.
 async fn insert_histories(
     tx: &mut AnyConnection,
-    steps: &[&StepRecord],
+    entries: &[(&str, &HistoryEntry)],
 ) -> Result<(), sqlx::Error> {
-    let values = placeholders(steps.len(), 5, 1);
+    let values = placeholders(entries.len(), 5, 1);
     let sql = format!(
         "INSERT INTO order_history (order_id, seq, at_ms, step, outcome, detail) \
          SELECT v.column1, \
          (SELECT COALESCE(MAX(h.seq), 0) + 1 FROM order_history h WHERE h.order_id = v.column1), \
          v.column2, v.column3, v.column4, v.column5 FROM (VALUES {values}) AS v"
     );
-    let mut insert = sqlx::query(&sql).persistent(steps.len() <= CACHED_BATCH);
-    for record in steps {
-        let entry = &record.update.history;
+    let mut insert = sqlx::query(&sql).persistent(entries.len() <= CACHED_BATCH);
+    for (order_id, entry) in entries {
         insert = insert
-            .bind(&record.id)
+            .bind(*order_id)
             .bind(entry.at_ms)
             .bind(&entry.step)
             .bind(&entry.outcome)
             .bind(&entry.detail);
     }
     insert.execute(&mut *tx).await?;
-    Ok(())
-}
-
-async fn insert_history(
-    connection: &mut AnyConnection,
-    order_id: &str,
-    entry: &HistoryEntry,
-) -> Result<(), sqlx::Error> {
-    // The next sequence number in the insert itself: one statement, not a read and a write.
-    sqlx::query(
-        "INSERT INTO order_history (order_id, seq, at_ms, step, outcome, detail) \
-         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM order_history \
-         WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .bind(entry.at_ms)
-    .bind(&entry.step)
-    .bind(&entry.outcome)
-    .bind(&entry.detail)
-    .execute(&mut *connection)
-    .await?;
     Ok(())
 }
 
