@@ -37,6 +37,15 @@ impl FromStr for Engine {
     }
 }
 
+/// Connections to a SQLite database: one. SQLite runs one writer at a time anyway, and in WAL
+/// mode a connection drops its whole page cache whenever another connection has committed since
+/// its last transaction, so with several connections under load nearly every transaction began
+/// by reading its pages again from the file (a system call each). One connection keeps its
+/// cache, and a service pinned to one CPU (`bazaar up`) gained nothing from running statements
+/// on several threads: a checkout took about 9% less CPU with one (docs/performance.md). Code
+/// must therefore never query through the pool while it holds a transaction or a connection.
+const SQLITE_CONNECTIONS: u32 = 1;
+
 /// A service's database.
 #[derive(Clone, Debug)]
 pub struct Database {
@@ -99,7 +108,7 @@ impl Database {
         }
         let options = AnyPoolOptions::new()
             .max_connections(match engine {
-                Engine::Sqlite => 8,
+                Engine::Sqlite => SQLITE_CONNECTIONS,
                 Engine::Postgres => 10,
             })
             .acquire_timeout(Duration::from_secs(5))

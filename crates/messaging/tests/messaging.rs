@@ -464,6 +464,11 @@ async fn start_feed_consumer(
 async fn outbox_commits_and_rolls_back_with_the_caller(url: String) {
     let db = open(&url).await;
     let outbox = Outbox::open(&db, PUBLISHER).await.expect("outbox");
+    // The same outbox seen from another pool: a SQLite pool has one connection, which the open
+    // transactions below hold.
+    let elsewhere = Outbox::open(&open(&url).await, PUBLISHER)
+        .await
+        .expect("outbox");
     sqlx::query("CREATE TABLE things (id TEXT PRIMARY KEY)")
         .execute(db.pool())
         .await
@@ -483,7 +488,7 @@ async fn outbox_commits_and_rolls_back_with_the_caller(url: String) {
         .await
         .expect("append");
     assert!(
-        outbox.read_after(0, 10).await.expect("read").is_empty(),
+        elsewhere.read_after(0, 10).await.expect("read").is_empty(),
         "an uncommitted event is not visible"
     );
     tx.commit().await.expect("commit");
@@ -1399,7 +1404,9 @@ async fn nats_consumer_applies_once_across_restarts_and_downtime() {
         first_recorder.blocked.load(Ordering::SeqCst)
     })
     .await;
-    let rows = applied(&consumer_db).await;
+    // Read through a pool of its own: the blocked handler holds its transaction, and on SQLite
+    // that is the consumer pool's only connection.
+    let rows = applied(&open(&consumer_url).await).await;
     assert_applied_once_in_order(&rows, &events[..4]);
     eventually("the lag gauge counts the events still to apply", || async {
         lag(&first_metrics, GROUP, PUBLISHER) == Some(6)
