@@ -18,6 +18,7 @@ use crate::output;
 use crate::supervisor::{self, Planned};
 
 mod checkout;
+mod cpu;
 
 /// Result of one load run.
 #[derive(Debug, Serialize)]

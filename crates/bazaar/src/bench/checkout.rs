@@ -20,7 +20,9 @@
 //! commit falls inside the window, which is the saga's sustained rate; and the time from sending
 //! a window order's placement to its confirmation's commit. That last one uses the order's
 //! `updated_at_ms` (the server's clock, set by the step that confirmed it) against this
-//! process's clock, so it is exact when the bench runs on the system's machine.
+//! process's clock, so it is exact when the bench runs on the system's machine. On Linux, also
+//! the CPU time each of the system's processes used over the window per confirmed order
+//! ([`super::cpu`]), the figure that shows whether a change made a checkout cheaper.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -86,6 +88,11 @@ pub struct CheckoutReport {
     pub errors: BTreeMap<String, u64>,
     /// Why orders were cancelled, by reason (should be empty).
     pub cancel_reasons: BTreeMap<String, u64>,
+    /// Milliseconds of CPU per confirmed order over the window, by process (each service,
+    /// PostgreSQL, NATS), read from `/proc` on this machine ([`super::cpu`]); empty elsewhere.
+    pub cpu_ms_per_order: BTreeMap<String, f64>,
+    /// Their sum.
+    pub cpu_ms_per_order_total: f64,
 }
 
 /// A signed-in shopper ready to check out.
@@ -203,6 +210,11 @@ async fn measure(global: &Global, args: &CheckoutBenchArgs) -> anyhow::Result<Ch
             .await
         }));
     }
+    // The system's CPU time over the window, for the CPU each order cost.
+    tokio::time::sleep_until(window_start.into()).await;
+    let cpu_start = tokio::task::spawn_blocking(super::cpu::snapshot).await?;
+    tokio::time::sleep_until(window_end.into()).await;
+    let cpu_end = tokio::task::spawn_blocking(super::cpu::snapshot).await?;
     let mut placements = Vec::new();
     let mut known = BTreeMap::new();
     let mut refills = 0;
@@ -265,6 +277,8 @@ async fn measure(global: &Global, args: &CheckoutBenchArgs) -> anyhow::Result<Ch
     }
     confirmed_us.sort_unstable();
     let pct = super::percentile_ms;
+    let confirmed_per_second = confirmed_in_window as f64 / window_seconds;
+    let cpu_ms_per_order = super::cpu::per_order(&cpu_start, &cpu_end, confirmed_per_second);
     Ok(CheckoutReport {
         gateway,
         product: args.product.clone(),
@@ -279,7 +293,7 @@ async fn measure(global: &Global, args: &CheckoutBenchArgs) -> anyhow::Result<Ch
         placement_p99_ms: pct(&placement_us, 0.99),
         placement_max_ms: pct(&placement_us, 1.0),
         confirmed_in_window,
-        confirmed_per_second: confirmed_in_window as f64 / window_seconds,
+        confirmed_per_second,
         window_orders_confirmed: confirmed_us.len() as u64,
         window_orders_cancelled: cancelled,
         window_orders_pending: pending,
@@ -290,6 +304,8 @@ async fn measure(global: &Global, args: &CheckoutBenchArgs) -> anyhow::Result<Ch
         cart_refills: refills,
         errors,
         cancel_reasons,
+        cpu_ms_per_order_total: cpu_ms_per_order.values().sum(),
+        cpu_ms_per_order,
     })
 }
 
@@ -851,5 +867,23 @@ fn print_report(r: &CheckoutReport) {
     );
     if !r.cancel_reasons.is_empty() {
         println!("cancelled because: {:?}", r.cancel_reasons);
+    }
+    if !r.cpu_ms_per_order.is_empty() {
+        // Idle processes (the servers of the other profile, say) only clutter the line.
+        let mut by_cost: Vec<(&String, &f64)> = r
+            .cpu_ms_per_order
+            .iter()
+            .filter(|(_, ms)| **ms >= 0.005)
+            .collect();
+        by_cost.sort_by(|a, b| b.1.total_cmp(a.1));
+        let parts: Vec<String> = by_cost
+            .iter()
+            .map(|(process, ms)| format!("{process} {ms:.2}"))
+            .collect();
+        println!(
+            "CPU per confirmed order on this machine: {:.2} ms ({})",
+            r.cpu_ms_per_order_total,
+            parts.join(", ")
+        );
     }
 }
