@@ -3,10 +3,13 @@
 //!
 //! Throughput alone is a poor guide to whether a change made a checkout cheaper (it falls
 //! whenever the offered load or the machine's spare capacity does); CPU per order says it more
-//! directly, though on a virtual machine it still moves with the host's speed. Counted: every `bazaar … serve <service>` process on this
-//! machine (by service name, instances of one service summed), PostgreSQL's processes and
-//! `nats-server`; the bench itself is not. So it is meaningful when the bench runs on the
-//! system's machine and no other bazaar system is busy there.
+//! directly, though on a virtual machine it still moves with the host's speed.
+//!
+//! Counted: every `bazaar … serve <service>` process on this machine (by service name,
+//! instances of one service summed), PostgreSQL's processes and `nats-server`; the bench itself
+//! is not. So it is meaningful when the bench runs on the system's machine and no other bazaar
+//! system is busy there. A process that ends inside the window takes its time with it (a
+//! service killed during the run is undercounted); one that starts inside it counts whole.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
