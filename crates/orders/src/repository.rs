@@ -112,7 +112,8 @@ pub struct StepUpdate {
     /// Retry bookkeeping: 0 after progress.
     pub attempts: i64,
     pub next_attempt_at_ms: i64,
-    pub history: HistoryEntry,
+    /// What happened, in order: one entry per step run (several when steps share a record).
+    pub history: Vec<HistoryEntry>,
     /// An event to publish with the change (terminal states).
     pub event: Option<NewEvent>,
     /// The worker's claim after this step: renewed (a time) when it goes straight on to the
@@ -220,7 +221,7 @@ impl Repository {
                 outcome: "ok".into(),
                 detail: "order accepted; checkout started".into(),
             };
-            insert_histories(&mut tx, &[(order.id.as_str(), &placed)]).await?;
+            insert_histories(&mut tx, &[(order.id.as_str(), 0, &placed)]).await?;
             outbox.append_in(&mut tx, event.clone()).await?;
             tx.commit().await?;
             Ok(true)
@@ -478,9 +479,13 @@ async fn record_steps_in(
         .map(|(record, _)| *record)
         .collect();
     if !written.is_empty() {
-        let entries: Vec<(&str, &HistoryEntry)> = written
+        let entries: Vec<(&str, i64, &HistoryEntry)> = written
             .iter()
-            .map(|record| (record.id.as_str(), &record.update.history))
+            .flat_map(|record| {
+                (0i64..)
+                    .zip(&record.update.history)
+                    .map(|(offset, entry)| (record.id.as_str(), offset, entry))
+            })
             .collect();
         insert_histories(tx, &entries).await?;
     }
@@ -508,23 +513,26 @@ fn placeholders(rows: usize, columns: usize, first: usize) -> String {
         .join(", ")
 }
 
-/// One history row for each `(order id, entry)` (distinct orders), each numbered after its
-/// order's last in the insert itself: one statement, however many rows, and no read first.
+/// One history row for each `(order id, offset, entry)`, numbered in the insert itself as the
+/// order's last row before the statement plus 1 plus `offset` (an order's several entries carry
+/// offsets 0, 1, 2…): one statement, however many rows, and no read first. Both engines
+/// evaluate the `MAX` against the table as it was before the statement.
 async fn insert_histories(
     tx: &mut AnyConnection,
-    entries: &[(&str, &HistoryEntry)],
+    entries: &[(&str, i64, &HistoryEntry)],
 ) -> Result<(), sqlx::Error> {
-    let values = placeholders(entries.len(), 5, 1);
+    let values = placeholders(entries.len(), 6, 1);
     let sql = format!(
         "INSERT INTO order_history (order_id, seq, at_ms, step, outcome, detail) \
          SELECT v.column1, \
-         (SELECT COALESCE(MAX(h.seq), 0) + 1 FROM order_history h WHERE h.order_id = v.column1), \
-         v.column2, v.column3, v.column4, v.column5 FROM (VALUES {values}) AS v"
+         (SELECT COALESCE(MAX(h.seq), 0) + 1 FROM order_history h WHERE h.order_id = v.column1) \
+         + v.column2, v.column3, v.column4, v.column5, v.column6 FROM (VALUES {values}) AS v"
     );
     let mut insert = sqlx::query(&sql).persistent(entries.len() <= CACHED_BATCH);
-    for (order_id, entry) in entries {
+    for (order_id, offset, entry) in entries {
         insert = insert
             .bind(*order_id)
+            .bind(*offset)
             .bind(entry.at_ms)
             .bind(&entry.step)
             .bind(&entry.outcome)

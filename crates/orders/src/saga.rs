@@ -1,11 +1,15 @@
-//! The checkout saga, orchestrated here and persisted after every step (G6):
+//! The checkout saga, orchestrated here, its state persisted as it goes so that a crash at any
+//! step loses nothing (G6):
 //!
 //! ```text
-//! locate → reserve_stock → price → authorize_payment → create_shipment → commit_stock
-//!        → capture_payment → confirm                                     (order confirmed)
-//! any "no" before create_shipment succeeds → void_payment (if authorized) → release_stock
-//!        → cancel                                                         (order cancelled)
+//! [locate → reserve_stock → price] → [authorize_payment] → [create_shipment]
+//!        → [commit_stock → capture_payment → confirm]                     (order confirmed)
+//! any "no" before create_shipment succeeds → [void_payment → release_stock → cancel]
+//!                                                                         (order cancelled)
 //! ```
+//!
+//! Each bracket is one record: its steps run one after the other in memory and their outcome is
+//! written at once (one history row per step), see [`shares_record`].
 //!
 //! Every remote command is idempotent by a key derived from the order id, so a step re-run after
 //! a crash (between the remote call and the write that records it) finds the first result
@@ -81,6 +85,28 @@ pub struct Saga {
     /// Orders this worker is driving now: `due` still lists an order between its task's start
     /// and its claim, and driving it twice would repeat (idempotent, but costly) steps.
     driving: Arc<Mutex<HashSet<String>>>,
+}
+
+/// What a step changed in the order's saga state and amounts.
+struct Change {
+    saga: SagaState,
+    shipping_minor: i64,
+    total_minor: i64,
+}
+
+/// Whether the step `next` runs straight after the one before it and shares its record.
+///
+/// A record (an UPDATE and history rows in a group commit) per step costs more than the step's
+/// own work, so steps are recorded only where the saga's shape needs it: after the reservation
+/// (with the lookups around it: the destination and the price), after the authorization, after
+/// the shipment (the pivot) and at the end. A crash inside a run of shared steps repeats the run,
+/// which is safe because every remote command is idempotent by the order's key and the lookups
+/// change nothing (G4, G6). A failure ends the run, recording the steps that succeeded before it.
+fn shares_record(next: &str) -> bool {
+    matches!(
+        next,
+        step::RESERVE | step::PRICE | step::CAPTURE | step::CONFIRM | step::RELEASE | step::CANCEL
+    )
 }
 
 /// What running one step decided.
@@ -247,39 +273,95 @@ impl Saga {
         }
     }
 
-    /// Runs the order's current step and records what happened; the order as recorded when the
-    /// saga can go on at once (the claim renewed), `None` when it stops for now (the claim
+    /// Runs the order's current step, and the steps that share its record (see
+    /// [`shares_record`]), and records what happened in one write; the order as recorded when
+    /// the saga can go on at once (the claim renewed), `None` when it stops for now (the claim
     /// released) or the claim was lost.
     async fn step(&self, order: StoredOrder) -> Result<Option<StoredOrder>, GroupCommitError> {
-        let current = order.step.clone();
-        let mut saga = order.saga.clone();
-        let mut shipping_minor = order.shipping_minor;
-        let mut total_minor = order.total_minor;
-        let outcome = self
-            .run_step(&order, &mut saga, &mut shipping_minor, &mut total_minor)
-            .await;
-        if let Ok(ref next) = outcome {
-            if !matches!(next, Next::Fail { .. }) {
-                self.maybe_crash(&current);
+        let (id, first) = (order.id.clone(), order.step.clone());
+        // The order as the steps run so far left it, in memory until the record is written.
+        let mut working = order;
+        let mut history = Vec::new();
+        let (mut update, go_on) = loop {
+            let current = working.step.clone();
+            let mut saga = working.saga.clone();
+            let mut shipping_minor = working.shipping_minor;
+            let mut total_minor = working.total_minor;
+            let outcome = self
+                .run_step(&working, &mut saga, &mut shipping_minor, &mut total_minor)
+                .await;
+            if let Ok(ref next) = outcome {
+                if !matches!(next, Next::Fail { .. }) {
+                    self.maybe_crash(&current);
+                }
+            }
+            let chained = matches!(&outcome, Ok(Next::Advance { step, .. }) if shares_record(step));
+            let change = Change {
+                saga,
+                shipping_minor,
+                total_minor,
+            };
+            let (mut update, go_on) = self.judge(&working, outcome, change);
+            history.append(&mut update.history);
+            if !chained {
+                break (update, go_on);
+            }
+            working = working.with_update(&update, now_ms());
+        };
+        update.history = history;
+        let now = now_ms();
+        if go_on {
+            update.claimed_until_ms = now + CLAIM_MS;
+        }
+        let (next_step, status) = (update.step.clone(), update.status.clone());
+        let next = go_on.then(|| working.with_update(&update, now));
+        let record = StepRecord {
+            id: id.clone(),
+            worker: self.worker.clone(),
+            update,
+        };
+        let recorded = self.steps.write(record).await?;
+        if recorded {
+            tracing::info!(order_id = %id, step = %first, next = %next_step,
+                status = %status, "saga step recorded");
+            if !go_on && status == "pending" {
+                // It waits for a retry: the worker loop must know its new due time. (An order
+                // that finished needs no look for due orders, which costs two queries.)
+                self.wake();
             }
         }
+        Ok(next.filter(|_| recorded))
+    }
+
+    /// What `order`'s current step decided, as the change to record (with one history entry)
+    /// and whether the saga goes straight on.
+    fn judge(
+        &self,
+        order: &StoredOrder,
+        outcome: Result<Next, StepError>,
+        change: Change,
+    ) -> (StepUpdate, bool) {
+        let current = order.step.clone();
         let now = now_ms();
-        let history = |outcome: &str, detail: String| HistoryEntry {
-            at_ms: now,
-            step: current.clone(),
-            outcome: outcome.to_owned(),
-            detail,
+        let history = |outcome: &str, detail: String| {
+            vec![HistoryEntry {
+                at_ms: now,
+                step: current.clone(),
+                outcome: outcome.to_owned(),
+                detail,
+            }]
         };
+        let payment_authorized = change.saga.payment_authorized;
         let mut update = StepUpdate {
             step: current.clone(),
             status: "pending".to_owned(),
             status_reason: String::new(),
-            saga: saga.clone(),
-            shipping_minor,
-            total_minor,
+            saga: change.saga,
+            shipping_minor: change.shipping_minor,
+            total_minor: change.total_minor,
             attempts: 0,
             next_attempt_at_ms: now,
-            history: history("ok", String::new()),
+            history: Vec::new(),
             event: None,
             claimed_until_ms: 0,
         };
@@ -292,7 +374,7 @@ impl Saga {
             }
             Ok(Next::Fail { reason }) => {
                 // Compensate in reverse: money first, then stock.
-                update.step = if saga.payment_authorized {
+                update.step = if payment_authorized {
                     step::VOID
                 } else {
                     step::RELEASE
@@ -336,28 +418,7 @@ impl Saga {
                 false
             }
         };
-        if go_on {
-            update.claimed_until_ms = now + CLAIM_MS;
-        }
-        let (id, next_step, status) =
-            (order.id.clone(), update.step.clone(), update.status.clone());
-        let next = go_on.then(|| order.with_update(&update, now));
-        let record = StepRecord {
-            id: id.clone(),
-            worker: self.worker.clone(),
-            update,
-        };
-        let recorded = self.steps.write(record).await?;
-        if recorded {
-            tracing::info!(order_id = %id, step = %current, next = %next_step,
-                status = %status, "saga step recorded");
-            if !go_on && status == "pending" {
-                // It waits for a retry: the worker loop must know its new due time. (An order
-                // that finished needs no look for due orders, which costs two queries.)
-                self.wake();
-            }
-        }
-        Ok(next.filter(|_| recorded))
+        (update, go_on)
     }
 
     fn backoff_ms(&self, attempts: i64) -> i64 {

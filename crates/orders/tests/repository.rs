@@ -64,12 +64,12 @@ fn step(id: &str, worker: &str, to_step: &str, detail: &str, event: bool) -> Ste
             total_minor: 1250,
             attempts: 0,
             next_attempt_at_ms: 5_000,
-            history: HistoryEntry {
+            history: vec![HistoryEntry {
                 at_ms: 2_000,
                 step: to_step.to_owned(),
                 outcome: "ok".into(),
                 detail: detail.to_owned(),
-            },
+            }],
             event: event.then(|| {
                 NewEvent::new("order.confirmed", id, &serde_json::json!({"order_id": id}))
             }),
@@ -178,6 +178,46 @@ async fn batched_steps_record_each_claimed_order_once(url: String) {
             "authorized o1",
             "shipped o1"
         ]
+    );
+
+    // Steps that share a record write all their history rows at once, numbered in order after
+    // the order's last, beside another order's single row in the same statement.
+    let mut shared = step("o4", WORKER, "done", "captured o4", true);
+    shared.update.history = ["committed o4", "captured o4", "confirmed o4"]
+        .into_iter()
+        .map(|detail| HistoryEntry {
+            at_ms: 3_000,
+            step: "step".into(),
+            outcome: "ok".into(),
+            detail: detail.to_owned(),
+        })
+        .collect();
+    let single = step("o1", WORKER, "capture_payment", "committed o1", false);
+    let recorded = repository
+        .record_steps(&outbox, &[&shared, &single])
+        .await
+        .expect("record");
+    assert_eq!(recorded, vec![true, true]);
+    let details = |id: &'static str| {
+        let repository = repository.clone();
+        async move {
+            let history = repository.history(id).await.expect("history");
+            history.into_iter().map(|h| h.detail).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        details("o4").await,
+        [
+            "order accepted; checkout started",
+            "reserved o4",
+            "committed o4",
+            "captured o4",
+            "confirmed o4"
+        ]
+    );
+    assert_eq!(
+        details("o1").await.last().map(String::as_str),
+        Some("committed o1")
     );
 
     // A finished order takes no further step.
