@@ -30,9 +30,10 @@ impl Handler for Mailer {
                     repository::remember_address(tx, &user_id, &email).await?;
                 }
                 Outcome::Email(message) => {
-                    if let Some(email) = &message.email {
-                        repository::remember_address(tx, &message.user_id, email).await?;
-                    }
+                    // An email that carries its address (an order's confirmation or
+                    // cancellation) is not remembered: that order's `order.placed`, earlier in
+                    // the same feed, gave the same address, and a later order may have given a
+                    // newer one since.
                     let written =
                         repository::write_email(tx, &event.id, &event.event_type, &message).await?;
                     if written {

@@ -107,25 +107,23 @@ impl Repository {
 /// Writes `message` for the event `event_id`, on the consumer's connection; `false` when that
 /// event already has its email (the unique `event_id` decides, so a redelivery that got past
 /// the inbox still writes nothing). Without an address in the message, the user's last known
-/// one is used.
+/// one is used, looked up in the insert itself (a statement fewer per email).
 pub async fn write_email(
     tx: &mut AnyConnection,
     event_id: &str,
     event_type: &str,
     message: &Message,
 ) -> Result<bool, sqlx::Error> {
-    let email = match &message.email {
-        Some(email) => Some(email.clone()),
-        None => known_address(tx, &message.user_id).await?,
-    };
     let written = sqlx::query(
         "INSERT INTO mailbox (id, user_id, email, subject, body, event_id, event_type, order_id, \
-         created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         created_at) VALUES ($1, $2, \
+         COALESCE($3, (SELECT email FROM recipients WHERE user_id = $2)), \
+         $4, $5, $6, $7, $8, $9) \
          ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(uuid::Uuid::now_v7().to_string())
     .bind(message.user_id.clone())
-    .bind(email)
+    .bind(message.email.clone())
     .bind(message.subject.clone())
     .bind(message.body.clone())
     .bind(event_id.to_owned())
@@ -154,16 +152,6 @@ pub async fn remember_address(
     .execute(&mut *tx)
     .await?;
     Ok(())
-}
-
-async fn known_address(
-    tx: &mut AnyConnection,
-    user_id: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT email FROM recipients WHERE user_id = $1")
-        .bind(user_id.to_owned())
-        .fetch_optional(&mut *tx)
-        .await
 }
 
 fn read_email(row: &AnyRow) -> Result<StoredEmail, sqlx::Error> {

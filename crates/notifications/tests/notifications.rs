@@ -142,6 +142,15 @@ fn status_changed(order: &str, user: &str, status: &str) -> EventEnvelope {
 async fn each_event_writes_its_email(url: Option<String>) {
     let t = spawn_app(url).await;
 
+    // As in the orders feed, the order's placement comes first and gives the address.
+    let placed = EventEnvelope::for_test(
+        "orders",
+        "order.placed",
+        "1234",
+        json!({"order_id": "1234", "user_id": "u1", "email": "ann@example.com",
+               "total": usd(123_456), "lines": []}),
+    );
+    assert!(t.deliver(&placed).await);
     let confirmed = order_confirmed("1234", "u1", "ann@example.com", usd(123_456));
     assert!(t.deliver(&confirmed).await);
     let email = t.email_for(&confirmed).await;
@@ -250,6 +259,20 @@ async fn each_event_writes_its_email(url: Option<String>) {
     assert!(t.deliver(&later).await);
     assert_eq!(
         t.email_for(&later).await.email.as_deref(),
+        Some("bo@example.com")
+    );
+    // The confirmation of an older order, with the address it was placed with, is mailed
+    // there but leaves the newer address remembered.
+    let older = order_confirmed("1230", "u2", "old@example.com", usd(1));
+    assert!(t.deliver(&older).await);
+    assert_eq!(
+        t.email_for(&older).await.email.as_deref(),
+        Some("old@example.com")
+    );
+    let after = payment("payment.captured", "1237", "u2", usd(1));
+    assert!(t.deliver(&after).await);
+    assert_eq!(
+        t.email_for(&after).await.email.as_deref(),
         Some("bo@example.com")
     );
 
