@@ -104,15 +104,6 @@ impl Repository {
     async fn create_once(&self, new: &NewShipment) -> Result<Created, sqlx::Error> {
         let _turn = self.db.write_turn().await;
         let mut tx = self.db.pool().begin().await?;
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT id FROM shipments WHERE order_id = $1")
-                .bind(&new.order_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(id) = existing {
-            tx.rollback().await?;
-            return Ok(Created::Existing(id));
-        }
         let id = uuid::Uuid::now_v7().to_string();
         // A tracking number that collides with another violates its unique key: the retry
         // draws a new one.
@@ -122,10 +113,11 @@ impl Repository {
             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let parcels =
             serde_json::to_string(&new.parcels).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO shipments (id, order_id, user_id, tracking_number, status, fee_minor, \
              fee_currency, distance_km, estimated_days, destination, parcels, created_at_ms, \
-             updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+             updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+             ON CONFLICT (order_id) DO NOTHING",
         )
         .bind(&id)
         .bind(&new.order_id)
@@ -141,6 +133,17 @@ impl Repository {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        if inserted.rows_affected() == 0 {
+            // The order has its shipment already (made since the caller looked): that one it
+            // is. Asking the unique key, rather than reading first, saves a statement.
+            tx.rollback().await?;
+            let existing: String =
+                sqlx::query_scalar("SELECT id FROM shipments WHERE order_id = $1")
+                    .bind(&new.order_id)
+                    .fetch_one(self.db.pool())
+                    .await?;
+            return Ok(Created::Existing(existing));
+        }
         insert_history(&mut tx, &id, 1, status::LABEL_CREATED, now).await?;
         let payload = ShipmentCreated {
             shipment_id: id.clone(),
