@@ -5,7 +5,7 @@
 //! - [`model`]: the wire contract and validation, and the saga's stored state;
 //! - [`repository`]: every SQL statement (orders, their history, the outbox writes);
 //! - [`remote`]: typed calls to cart, inventory, payments, shipping and currency;
-//! - [`saga`]: the worker that drives pending orders, persisted after every step;
+//! - [`saga`]: the worker that drives pending orders, its state persisted as it goes;
 //! - `api`: the handlers and the OpenAPI document.
 //!
 //! Invariants: one order per (user, idempotency key); an order is `pending` until its saga ends

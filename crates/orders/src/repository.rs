@@ -80,10 +80,10 @@ pub struct StepRecord {
     pub update: StepUpdate,
 }
 
-/// Group commit of saga steps: the steps of every order being driven at that moment are
-/// recorded in one transaction (kit's `group_commit`), instead of a transaction each. Each
-/// step is still committed before its order goes on (G6); steps of different orders only share
-/// the commit.
+/// Group commit of saga records: the records of every order being driven at that moment are
+/// written in one transaction (kit's `group_commit`), instead of a transaction each. Each
+/// record (one step, or the steps that share it: `shares_record` in the saga) is still
+/// committed before its order goes on (G6); records of different orders only share the commit.
 pub struct StepBatch {
     pub repository: Repository,
     pub outbox: Outbox,
@@ -366,7 +366,7 @@ impl Repository {
 
     /// Records a batch of saga steps' outcomes (and their events) in ONE transaction (see
     /// [`StepBatch`]): each step whose worker still holds its order's claim changes the order,
-    /// appends a history row and its event, and renews or releases the claim as
+    /// appends its history rows (one per step run) and its event, and renews or releases the claim as
     /// `update.claimed_until_ms` says. Returns, per step, whether it was recorded (`false`: the
     /// claim was lost and nothing of that step was written).
     pub async fn record_steps(

@@ -18,8 +18,8 @@
 //! shipment is the pivot: after it, steps are only retried, never compensated. Compensation
 //! itself is retried until done (G5).
 //!
-//! One worker drives an order at a time: it claims the row for a while (renewed per step, in
-//! the step's own write), so several orders instances can share the work on PostgreSQL; within
+//! One worker drives an order at a time: it claims the row for a while (renewed with each
+//! record, in the record's own write), so several orders instances can share the work on PostgreSQL; within
 //! a worker, an order already being driven is not started a second time.
 
 use std::collections::{BTreeMap, HashSet};
@@ -41,7 +41,7 @@ use crate::repository::{Repository, StepBatch, StepRecord, StepUpdate, StoredOrd
 const CLAIM_MS: i64 = 30_000;
 /// Orders driven at once by one worker.
 const PARALLEL: usize = 64;
-/// At most this many steps share a transaction (at most one per order being driven).
+/// At most this many records share a transaction (at most one per order being driven).
 const STEPS_PER_COMMIT: usize = PARALLEL;
 
 /// The saga's steps, as stored in `orders.step`.

@@ -2,9 +2,10 @@
 //!
 //! Writes that publish (creating a shipment, advancing its tracking) append their event to the
 //! transactional outbox in the same transaction, and run under
-//! [`retry_conflicts`] because concurrent appends collide on the outbox sequence; a retried
-//! creation finds the shipment the winner made (the `order_id` is unique), which is what makes
-//! creation idempotent under races too. Status changes are guarded by the status they change
+//! [`retry_conflicts`] because concurrent appends collide on the outbox sequence. A creation
+//! racing another for the same order inserts nothing (`ON CONFLICT (order_id) DO NOTHING`: the
+//! `order_id` is unique) and answers the winner's shipment, which is what makes creation
+//! idempotent under races too. Status changes are guarded by the status they change
 //! from, so two trackers running at once never record or announce a transition twice.
 
 use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
