@@ -364,11 +364,11 @@ impl Repository {
         Ok(())
     }
 
-    /// Records a batch of saga steps' outcomes (and their events) in ONE transaction (see
-    /// [`StepBatch`]): each step whose worker still holds its order's claim changes the order,
-    /// appends its history rows (one per step run) and its event, and renews or releases the claim as
-    /// `update.claimed_until_ms` says. Returns, per step, whether it was recorded (`false`: the
-    /// claim was lost and nothing of that step was written).
+    /// Records a batch of saga records' outcomes (and their events) in ONE transaction (see
+    /// [`StepBatch`]): each record whose worker still holds its order's claim changes the
+    /// order, appends its history rows (one per step run) and its event, and renews or releases
+    /// the claim as `update.claimed_until_ms` says. Returns, per record, whether it was written
+    /// (`false`: the claim was lost and nothing of that record was written).
     pub async fn record_steps(
         &self,
         outbox: &Outbox,

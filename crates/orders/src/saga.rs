@@ -19,8 +19,8 @@
 //! itself is retried until done (G5).
 //!
 //! One worker drives an order at a time: it claims the row for a while (renewed with each
-//! record, in the record's own write), so several orders instances can share the work on PostgreSQL; within
-//! a worker, an order already being driven is not started a second time.
+//! record, in the record's own write), so several orders instances can share the work on
+//! PostgreSQL; within a worker, an order already being driven is not started a second time.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
