@@ -15,6 +15,7 @@ pub mod group_commit;
 pub mod health;
 pub mod metrics;
 pub mod problem;
+pub mod process_cpu;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

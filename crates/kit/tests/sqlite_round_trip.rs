@@ -21,21 +21,6 @@ use sqlx::migrate::Migrator;
 
 const STATEMENTS: usize = 20_000;
 
-/// CPU time of this process so far (user + system), from /proc/self/stat.
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the command name.
-    let ticks: u64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
 /// Context switches of all this process's threads so far.
 fn context_switches() -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -64,13 +49,16 @@ impl Sample {
     fn start() -> Self {
         Self {
             started: Instant::now(),
-            cpu: process_cpu(),
+            cpu: bazaar_kit::process_cpu::own(),
             switches: context_switches(),
         }
     }
 
     fn report(self, what: &str) {
-        let (elapsed, cpu) = (self.started.elapsed(), process_cpu() - self.cpu);
+        let (elapsed, cpu) = (
+            self.started.elapsed(),
+            bazaar_kit::process_cpu::own() - self.cpu,
+        );
         let switches = context_switches() - self.switches;
         println!(
             "{what}: {STATEMENTS} statements in {:.0} ms, {:.1} µs wall and {:.1} µs CPU per \
@@ -98,60 +86,53 @@ async fn bench_sqlite_statement_round_trip() {
     .execute(db.pool())
     .await
     .expect("table");
-    let lookup = "SELECT value FROM items WHERE id = $1";
 
-    // As a service reads: a prepared lookup by primary key, each through the pool.
+    // As the services run them, each through the pool: a prepared lookup by primary key, and
+    // a write transaction (BEGIN, one insert, COMMIT).
     let sample = Sample::start();
     for i in 0..STATEMENTS {
-        let value: Option<String> = sqlx::query_scalar(lookup)
-            .bind((i % 3 + 1) as i64)
-            .fetch_optional(db.pool())
-            .await
-            .expect("lookup");
-        assert!(value.is_some());
+        lookup(db.pool(), i).await;
     }
     sample.report("one statement per round trip, through the pool");
-
-    // The same on one connection held throughout (no pool checkout), as inside a transaction.
-    let mut connection = db.pool().acquire().await.expect("connection");
     let sample = Sample::start();
     for i in 0..STATEMENTS {
-        let value: Option<String> = sqlx::query_scalar(lookup)
-            .bind((i % 3 + 1) as i64)
-            .fetch_optional(&mut *connection)
-            .await
-            .expect("lookup");
-        assert!(value.is_some());
-    }
-    sample.report("one statement per round trip, on one connection");
-    drop(connection);
-
-    // A write transaction as the services run them (BEGIN, one insert, COMMIT), through the
-    // pool, then on a connection held throughout.
-    let insert = "INSERT INTO items (id, value) VALUES ($1, 'new')";
-    let sample = Sample::start();
-    for i in 0..STATEMENTS {
-        let mut tx = db.pool().begin().await.expect("begin");
-        sqlx::query(insert)
-            .bind(1_000 + i as i64)
-            .execute(&mut *tx)
-            .await
-            .expect("insert");
-        tx.commit().await.expect("commit");
+        insert_and_commit(db.pool().begin().await.expect("begin"), 1_000 + i).await;
     }
     sample.report("transactions (BEGIN, INSERT, COMMIT), through the pool");
+
+    // The same on the pool's one connection, held throughout (no checkout per use).
     let mut connection = db.pool().acquire().await.expect("connection");
     let sample = Sample::start();
     for i in 0..STATEMENTS {
-        let mut tx = sqlx::Connection::begin(&mut *connection)
+        lookup(&mut *connection, i).await;
+    }
+    sample.report("one statement per round trip, on one connection");
+    let sample = Sample::start();
+    for i in 0..STATEMENTS {
+        let tx = sqlx::Connection::begin(&mut *connection)
             .await
             .expect("begin");
-        sqlx::query(insert)
-            .bind(1_000_000 + i as i64)
-            .execute(&mut *tx)
-            .await
-            .expect("insert");
-        tx.commit().await.expect("commit");
+        insert_and_commit(tx, 1_000_000 + i).await;
     }
     sample.report("transactions (BEGIN, INSERT, COMMIT), on one connection");
+}
+
+/// Reads one of the three rows by primary key, as a service's lookup does.
+async fn lookup<'e>(executor: impl sqlx::Executor<'e, Database = sqlx::Any>, i: usize) {
+    let value: Option<String> = sqlx::query_scalar("SELECT value FROM items WHERE id = $1")
+        .bind((i % 3 + 1) as i64)
+        .fetch_optional(executor)
+        .await
+        .expect("lookup");
+    assert!(value.is_some());
+}
+
+/// Inserts a row in `tx` and commits it.
+async fn insert_and_commit(mut tx: sqlx::Transaction<'_, sqlx::Any>, id: usize) {
+    sqlx::query("INSERT INTO items (id, value) VALUES ($1, 'new')")
+        .bind(id as i64)
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    tx.commit().await.expect("commit");
 }

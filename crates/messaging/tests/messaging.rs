@@ -1761,21 +1761,6 @@ async fn sink_count(db: &Database) -> i64 {
         .expect("count sink")
 }
 
-/// CPU time of this process so far (user + system), from /proc/self/stat.
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the command name.
-    let ticks: u64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
 /// Appends `count` events in one transaction (the backlog a consumer finds when it starts).
 async fn append_backlog(outbox: &Outbox, db: &Database, count: usize) {
     let mut tx = db.pool().begin().await.expect("begin");
@@ -1904,7 +1889,7 @@ async fn bench_feed(mode: &str) {
         })
         .await;
     }
-    let (started, cpu) = (Instant::now(), process_cpu());
+    let (started, cpu) = (Instant::now(), bazaar_kit::process_cpu::own());
     if mode == "backlog" {
         consumer.consumer(GROUP).subscribe(PUBLISHER, Sink).spawn();
     }
@@ -1931,7 +1916,11 @@ async fn bench_feed(mode: &str) {
     } else {
         "feed, SQLite, trickle at 500/s (consumer process CPU)"
     };
-    report(what, started.elapsed(), process_cpu() - cpu);
+    report(
+        what,
+        started.elapsed(),
+        bazaar_kit::process_cpu::own() - cpu,
+    );
     assert_eq!(sink_count(&consumer_db).await, BENCH_EVENTS as i64);
     consumer.stop();
     let _ = child.kill();
@@ -1975,7 +1964,7 @@ async fn bench_nats_consumer_sqlite() {
     .await;
     let consumer_db = open(&sqlite_url(dir.path(), "cart")).await;
     create_sink(&consumer_db).await;
-    let (started, cpu) = (Instant::now(), process_cpu());
+    let (started, cpu) = (Instant::now(), bazaar_kit::process_cpu::own());
     let consumer = start(
         &nats_common(GROUP, &url, &stream),
         &consumer_db,
@@ -1989,7 +1978,7 @@ async fn bench_nats_consumer_sqlite() {
     report(
         "NATS, SQLite, backlog",
         started.elapsed(),
-        process_cpu() - cpu,
+        bazaar_kit::process_cpu::own() - cpu,
     );
     consumer.stop();
     publisher.stop();

@@ -105,6 +105,15 @@ fn usd(amount_minor: i64) -> Value {
     json!({"amount_minor": amount_minor, "currency": "USD"})
 }
 
+fn order_placed(order: &str, user: &str, email: &str, total: Value) -> EventEnvelope {
+    EventEnvelope::for_test(
+        "orders",
+        "order.placed",
+        order,
+        json!({"order_id": order, "user_id": user, "email": email, "total": total, "lines": []}),
+    )
+}
+
 fn order_confirmed(order: &str, user: &str, email: &str, total: Value) -> EventEnvelope {
     EventEnvelope::for_test(
         "orders",
@@ -143,13 +152,7 @@ async fn each_event_writes_its_email(url: Option<String>) {
     let t = spawn_app(url).await;
 
     // As in the orders feed, the order's placement comes first and gives the address.
-    let placed = EventEnvelope::for_test(
-        "orders",
-        "order.placed",
-        "1234",
-        json!({"order_id": "1234", "user_id": "u1", "email": "ann@example.com",
-               "total": usd(123_456), "lines": []}),
-    );
+    let placed = order_placed("1234", "u1", "ann@example.com", usd(123_456));
     assert!(t.deliver(&placed).await);
     let confirmed = order_confirmed("1234", "u1", "ann@example.com", usd(123_456));
     assert!(t.deliver(&confirmed).await);
@@ -242,13 +245,7 @@ async fn each_event_writes_its_email(url: Option<String>) {
     assert_eq!(t.email_for(&stranger).await.email, None);
 
     // Events that call for no email write none.
-    let placed = EventEnvelope::for_test(
-        "orders",
-        "order.placed",
-        "1236",
-        json!({"order_id": "1236", "user_id": "u2", "email": "bo@example.com",
-               "total": usd(1), "lines": []}),
-    );
+    let placed = order_placed("1236", "u2", "bo@example.com", usd(1));
     let authorized = payment("payment.authorized", "1236", "u2", usd(1));
     for event in [&placed, &authorized] {
         assert!(t.deliver(event).await);

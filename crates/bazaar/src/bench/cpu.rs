@@ -14,6 +14,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use bazaar_kit::process_cpu::{stat_ticks, TICKS_PER_SECOND};
+
 /// CPU time used so far by each counted process group, at one instant.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -62,7 +64,7 @@ pub fn per_order(
     if orders <= 0.0 {
         return BTreeMap::new();
     }
-    let ms_per_tick = 1000.0 / ticks_per_second();
+    let ms_per_tick = 1000.0 / TICKS_PER_SECOND as f64;
     end.ticks
         .iter()
         .map(|(group, &ticks)| {
@@ -98,23 +100,6 @@ fn process_group(cmdline: &[u8]) -> Option<String> {
     }
     let serve = args.iter().position(|a| a == "serve")?;
     args.get(serve + 1).cloned()
-}
-
-/// User plus system clock ticks from the contents of `/proc/<pid>/stat` (fields 14 and 15,
-/// counted after the command name, which may itself hold spaces and parentheses).
-fn stat_ticks(stat: &str) -> Option<u64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
-    let user: u64 = fields.get(11)?.parse().ok()?;
-    let system: u64 = fields.get(12)?.parse().ok()?;
-    Some(user + system)
-}
-
-/// The unit of `/proc/<pid>/stat`'s times: `USER_HZ`, which Linux's ABI fixes at 100 whatever
-/// the kernel's own tick rate.
-fn ticks_per_second() -> f64 {
-    100.0
 }
 
 #[cfg(test)]
@@ -159,15 +144,6 @@ mod tests {
     }
 
     #[test]
-    fn reads_user_and_system_ticks_past_an_awkward_name() {
-        let stat = "4242 (tokio (rt) worker) S 1 4242 4242 0 -1 4194560 1524 0 0 0 \
-                    731 269 0 0 20 0 3 0 12345 1000000 500 18446744073709551615";
-        assert_eq!(stat_ticks(stat), Some(1000));
-        assert_eq!(stat_ticks("garbage"), None);
-        assert_eq!(stat_ticks("1 (x) S 1 2"), None);
-    }
-
-    #[test]
     fn divides_the_time_used_between_snapshots_by_the_orders_confirmed() {
         let at = Instant::now();
         let start = Snapshot {
@@ -177,9 +153,9 @@ mod tests {
         let end = Snapshot {
             at: at + std::time::Duration::from_secs(2),
             ticks: BTreeMap::from([
-                ("orders".to_owned(), 100 + 4 * ticks_per_second() as u64),
+                ("orders".to_owned(), 100 + 4 * TICKS_PER_SECOND),
                 ("cart".to_owned(), 50),
-                ("shipping".to_owned(), ticks_per_second() as u64),
+                ("shipping".to_owned(), TICKS_PER_SECOND),
             ]),
         };
         // 50 orders a second for 2 s: 100 orders; orders used 4 s of CPU, so 40 ms each.
