@@ -42,7 +42,7 @@ async fn verify_passes_on_an_intact_chain_and_names_a_tampered_record() {
     assert!(out.contains("identity") && out.contains("intact"), "{out}");
 
     sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 1")
-        .execute(db.pool())
+        .execute(&db)
         .await
         .expect("tamper");
     db.close().await;

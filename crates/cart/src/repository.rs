@@ -78,7 +78,7 @@ impl Repository {
     /// The lines of the cart `owner`, in the order they were first added; empty when there is
     /// no such cart.
     pub async fn lines(&self, owner: &str) -> Result<Vec<StoredLine>, RepoError> {
-        let mut connection = self.db.pool().acquire().await?;
+        let mut connection = self.db.connection().await?;
         Ok(lines_in(&mut connection, owner).await?)
     }
 
@@ -94,7 +94,8 @@ impl Repository {
     ) -> Result<(), RepoError> {
         retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
-            let mut tx = self.db.pool().begin().await?;
+            let mut connection = self.db.connection().await?;
+            let mut tx = connection.begin().await?;
             let outcome = add_in(&mut tx, owner, product_id, quantity, snapshot, limits).await?;
             finish(tx, outcome).await
         })
@@ -114,7 +115,8 @@ impl Repository {
     ) -> Result<(), RepoError> {
         retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
-            let mut tx = self.db.pool().begin().await?;
+            let mut connection = self.db.connection().await?;
+            let mut tx = connection.begin().await?;
             let outcome = set_in(&mut tx, owner, product_id, quantity, snapshot, limits).await?;
             finish(tx, outcome).await
         })
@@ -126,7 +128,7 @@ impl Repository {
         let removed = sqlx::query("DELETE FROM cart_lines WHERE owner = $1 AND product_id = $2")
             .bind(owner.to_owned())
             .bind(product_id.to_owned())
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         if removed.rows_affected() == 0 {
             return Err(RepoError::NotInCart(product_id.to_owned()));
@@ -146,7 +148,8 @@ impl Repository {
     ) -> Result<MergeOutcome, RepoError> {
         let outcome = retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
-            let mut tx = self.db.pool().begin().await?;
+            let mut connection = self.db.connection().await?;
+            let mut tx = connection.begin().await?;
             let outcome = merge_in(&mut tx, from, into, limits).await?;
             tx.commit().await?;
             Ok(outcome)
@@ -178,7 +181,7 @@ impl Repository {
             .bind(now)
             .bind(owner.to_owned())
             .bind(product_id.clone())
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         }
         Ok(())

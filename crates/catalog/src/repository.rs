@@ -135,7 +135,7 @@ impl Repository {
              GROUP BY c.slug, c.name, c.description, c.position \
              ORDER BY c.position, c.slug",
         )
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await?;
         rows.iter()
             .map(|row| {
@@ -181,7 +181,7 @@ impl Repository {
 
         let count_sql = format!("SELECT COUNT(*) AS total FROM products{where_clause}");
         let total: i64 = bind_all(sqlx::query(&count_sql), &binds)
-            .fetch_one(self.db.pool())
+            .fetch_one(&self.db)
             .await?
             .try_get("total")?;
 
@@ -205,7 +205,7 @@ impl Repository {
              ORDER BY {order} LIMIT ${limit} OFFSET ${offset}"
         );
         let rows = bind_all(sqlx::query(&sql), &page_binds)
-            .fetch_all(self.db.pool())
+            .fetch_all(&self.db)
             .await?;
         let items = rows.iter().map(read_product).collect::<Result<_, _>>()?;
         Ok((items, total.max(0) as u64))
@@ -217,7 +217,7 @@ impl Repository {
             "SELECT {PRODUCT_SELECT} FROM products WHERE id = $1"
         ))
         .bind(id.to_owned())
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.as_ref().map(read_product).transpose()
     }
@@ -225,7 +225,7 @@ impl Repository {
     /// How many products there are.
     pub async fn count_products(&self) -> Result<i64, RepoError> {
         let row = sqlx::query("SELECT COUNT(*) AS total FROM products")
-            .fetch_one(self.db.pool())
+            .fetch_one(&self.db)
             .await?;
         Ok(row.try_get("total")?)
     }
@@ -248,7 +248,7 @@ impl Repository {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         );
         bind_product(sqlx::query(&sql), &product)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await
             .map_err(|e| constraint_error(e, &product))?;
         Ok(product)
@@ -300,7 +300,7 @@ impl Repository {
             query = query.bind(version);
         }
         let row = query
-            .fetch_optional(self.db.pool())
+            .fetch_optional(&self.db)
             .await
             .map_err(|e| constraint_error(e, &attempted))?;
         if let Some(row) = row {
@@ -327,13 +327,13 @@ impl Repository {
                 sqlx::query("DELETE FROM products WHERE id = $1 AND version = $2")
                     .bind(id.to_owned())
                     .bind(version)
-                    .execute(self.db.pool())
+                    .execute(&self.db)
                     .await?
             }
             None => {
                 sqlx::query("DELETE FROM products WHERE id = $1")
                     .bind(id.to_owned())
-                    .execute(self.db.pool())
+                    .execute(&self.db)
                     .await?
             }
         };
@@ -360,7 +360,8 @@ impl Repository {
         categories: &[NewCategory],
         products: &[ProductInput],
     ) -> Result<u64, RepoError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         // A write first: on SQLite it takes the write lock (waiting for another seeder) before
         // anything is read, so the count below cannot go stale before our inserts.
         for category in categories {

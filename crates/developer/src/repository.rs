@@ -95,7 +95,8 @@ impl Repository {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut tx = self.db.pool().begin().await?;
+            let mut connection = self.db.connection().await?;
+            let mut tx = connection.begin().await?;
             let result = async {
                 sqlx::query(
                     "INSERT INTO api_keys (id, owner, name, plan, prefix, secret_hash, \
@@ -146,7 +147,7 @@ impl Repository {
     pub async fn get_key(&self, id: &str) -> Result<Option<StoredKey>, RepoError> {
         let row = sqlx::query(&format!("SELECT {KEY_SELECT} FROM api_keys WHERE id = $1"))
             .bind(id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(&self.db)
             .await?;
         Ok(row.as_ref().map(key_from_row).transpose()?)
     }
@@ -157,7 +158,7 @@ impl Repository {
             "SELECT {KEY_SELECT} FROM api_keys WHERE secret_hash = $1"
         ))
         .bind(secret_hash)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         Ok(row.as_ref().map(key_from_row).transpose()?)
     }
@@ -170,14 +171,14 @@ impl Repository {
                     "SELECT {KEY_SELECT} FROM api_keys WHERE owner = $1 ORDER BY created_at, id"
                 ))
                 .bind(owner)
-                .fetch_all(self.db.pool())
+                .fetch_all(&self.db)
                 .await?
             }
             None => {
                 sqlx::query(&format!(
                     "SELECT {KEY_SELECT} FROM api_keys ORDER BY created_at, id"
                 ))
-                .fetch_all(self.db.pool())
+                .fetch_all(&self.db)
                 .await?
             }
         };
@@ -196,7 +197,8 @@ impl Repository {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut tx = self.db.pool().begin().await?;
+            let mut connection = self.db.connection().await?;
+            let mut tx = connection.begin().await?;
             let result = async {
                 let changed = sqlx::query(
                     "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
@@ -232,7 +234,7 @@ impl Repository {
         let changed = sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2")
             .bind(at_ms)
             .bind(id)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?
             .rows_affected();
         Ok(changed > 0)
@@ -248,7 +250,8 @@ impl Repository {
         report: &UsageReport,
         received_at_ms: i64,
     ) -> Result<bool, RepoError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         let fresh = sqlx::query(
             "INSERT INTO usage_reports (report_id, gateway, received_at) VALUES ($1, $2, $3) \
              ON CONFLICT (report_id) DO NOTHING",
@@ -312,7 +315,7 @@ impl Repository {
         if let UsageScope::Owner(value) | UsageScope::Key(value) = scope {
             query = query.bind(value);
         }
-        let rows = query.fetch_all(self.db.pool()).await?;
+        let rows = query.fetch_all(&self.db).await?;
         rows.iter()
             .map(|row| {
                 let day: i64 = row.try_get("day_count")?;

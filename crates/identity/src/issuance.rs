@@ -105,7 +105,8 @@ impl BatchWrite for TokenBatch {
             .collect();
         let (access, refresh) = (&access, &refresh);
         retry_conflicts(|| async move {
-            let mut tx = self.repository.database().pool().begin().await?;
+            let mut connection = self.repository.database().connection().await?;
+            let mut tx = connection.begin().await?;
             // The token rows first: on SQLite that write takes the writer lock, so the audit
             // log's tail read next cannot be overtaken by another writer before this commits.
             Repository::record_issued_in(&mut tx, access, refresh).await?;
@@ -203,7 +204,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (repository, log, writer) = setup(&dir).await;
         sqlx::query("DROP TABLE access_tokens")
-            .execute(repository.database().pool())
+            .execute(repository.database())
             .await
             .expect("drop");
         let outcomes = record_all(&writer, 100).await;

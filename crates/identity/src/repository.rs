@@ -219,7 +219,7 @@ impl Repository {
         .bind(&stored.password_hash)
         .bind(to_json(&stored.roles))
         .bind(now)
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
@@ -236,7 +236,7 @@ impl Repository {
             "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
         ))
         .bind(email)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.as_ref().map(user_from_row).transpose()
     }
@@ -244,7 +244,7 @@ impl Repository {
     pub async fn user_by_id(&self, id: &str) -> Result<Option<StoredUser>, RepoError> {
         let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
             .bind(id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(&self.db)
             .await?;
         row.as_ref().map(user_from_row).transpose()
     }
@@ -254,7 +254,7 @@ impl Repository {
         let rows = sqlx::query(&format!(
             "SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id"
         ))
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await?;
         rows.iter().map(user_from_row).collect()
     }
@@ -264,7 +264,7 @@ impl Repository {
             .bind(password_hash)
             .bind(now_ms())
             .bind(user_id)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         Ok(())
     }
@@ -286,7 +286,7 @@ impl Repository {
              first_party = excluded.first_party, updated_at = excluded.updated_at"
         );
         bind_client(sqlx::query(&sql), client, now)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         Ok(())
     }
@@ -299,7 +299,7 @@ impl Repository {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)"
         );
         bind_client(sqlx::query(&sql), client, now)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await
             .map_err(|e| {
                 if is_unique_violation(&e) {
@@ -319,14 +319,14 @@ impl Repository {
             "SELECT {CLIENT_COLUMNS} FROM clients WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.as_ref().map(client_from_row).transpose()
     }
 
     pub async fn list_clients(&self) -> Result<Vec<StoredClient>, RepoError> {
         let rows = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM clients ORDER BY id"))
-            .fetch_all(self.db.pool())
+            .fetch_all(&self.db)
             .await?;
         rows.iter().map(client_from_row).collect()
     }
@@ -349,7 +349,7 @@ impl Repository {
         .bind(user_id)
         .bind(auth_time)
         .bind(expires_at)
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -362,7 +362,7 @@ impl Repository {
         )
         .bind(id_hash)
         .bind(now_ms())
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.map(|row| {
             Ok(StoredSession {
@@ -377,7 +377,7 @@ impl Repository {
     pub async fn delete_session(&self, id_hash: &str) -> Result<(), RepoError> {
         sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(id_hash)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         Ok(())
     }
@@ -386,7 +386,7 @@ impl Repository {
     pub async fn delete_user_sessions(&self, user_id: &str) -> Result<(), RepoError> {
         sqlx::query("DELETE FROM sessions WHERE user_id = $1")
             .bind(user_id)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         Ok(())
     }
@@ -398,7 +398,7 @@ impl Repository {
         sqlx::query("INSERT INTO login_failures (throttle_key, failed_at) VALUES ($1, $2)")
             .bind(key)
             .bind(at)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         Ok(())
     }
@@ -411,7 +411,7 @@ impl Repository {
         )
         .bind(key)
         .bind(since)
-        .fetch_one(self.db.pool())
+        .fetch_one(&self.db)
         .await?;
         Ok((row.try_get("n")?, row.try_get("last")?))
     }
@@ -419,7 +419,7 @@ impl Repository {
     pub async fn clear_failures(&self, key: &str) -> Result<(), RepoError> {
         sqlx::query("DELETE FROM login_failures WHERE throttle_key = $1")
             .bind(key)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         Ok(())
     }
@@ -442,7 +442,7 @@ impl Repository {
         .bind(&code.code_challenge)
         .bind(code.auth_time)
         .bind(code.expires_at)
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -453,7 +453,7 @@ impl Repository {
              expires_at, used_at, family_id FROM authorization_codes WHERE code_hash = $1",
         )
         .bind(code_hash)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.map(|row| {
             Ok(StoredCode {
@@ -482,7 +482,8 @@ impl Repository {
         subject: &str,
     ) -> Result<bool, RepoError> {
         let now = now_ms();
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         let redeemed = sqlx::query(
             "UPDATE authorization_codes SET used_at = $1, family_id = $2 \
              WHERE code_hash = $3 AND used_at IS NULL",
@@ -515,7 +516,7 @@ impl Repository {
     pub async fn purge_codes(&self, now: i64) -> Result<(), RepoError> {
         sqlx::query("DELETE FROM authorization_codes WHERE expires_at < $1")
             .bind(now - 86_400_000)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         Ok(())
     }
@@ -526,7 +527,8 @@ impl Repository {
     /// Revokes a family: its refresh tokens stop working and its access tokens introspect as
     /// inactive. True when the family existed and was live.
     pub async fn revoke_family(&self, family_id: &str) -> Result<bool, RepoError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         let changed =
             sqlx::query("UPDATE token_families SET revoked = 1 WHERE id = $1 AND revoked = 0")
                 .bind(family_id)
@@ -554,7 +556,7 @@ impl Repository {
         .bind(token.auth_time)
         .bind(now_ms())
         .bind(token.expires_at)
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -566,7 +568,7 @@ impl Repository {
              JOIN token_families f ON f.id = r.family_id WHERE r.token_hash = $1",
         )
         .bind(token_hash)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.map(|row| {
             Ok(StoredRefresh {
@@ -602,7 +604,8 @@ impl Repository {
         if token.family_revoked || token.expires_at <= now {
             return Ok(RotateOutcome::Dead);
         }
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         let won = sqlx::query(
             "UPDATE refresh_tokens SET rotated_at = $1 \
              WHERE token_hash = $2 AND rotated_at IS NULL",
@@ -651,7 +654,7 @@ impl Repository {
         .bind(client_id)
         .bind(subject)
         .bind(now_ms())
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -673,7 +676,7 @@ impl Repository {
         .bind(client_id)
         .bind(subject)
         .bind(expires_at)
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -734,7 +737,7 @@ impl Repository {
              LEFT JOIN token_families f ON f.id = a.family_id WHERE a.jti = $1",
         )
         .bind(jti)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         match row {
             None => Ok(true),
@@ -745,7 +748,7 @@ impl Repository {
     pub async fn revoke_access_token(&self, jti: &str) -> Result<(), RepoError> {
         sqlx::query("UPDATE access_tokens SET revoked = 1 WHERE jti = $1")
             .bind(jti)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         Ok(())
     }
@@ -755,15 +758,15 @@ impl Repository {
     pub async fn purge(&self, now: i64, failures_before: i64) -> Result<(), RepoError> {
         sqlx::query("DELETE FROM access_tokens WHERE expires_at < $1")
             .bind(now)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
             .bind(now)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         sqlx::query("DELETE FROM login_failures WHERE failed_at < $1")
             .bind(failures_before)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         self.purge_codes(now).await
     }
@@ -776,7 +779,7 @@ impl Repository {
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM signing_keys ORDER BY created_at DESC, kid"
         ))
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await?;
         rows.iter().map(key_from_row).collect()
     }
@@ -796,7 +799,7 @@ impl Repository {
         } else {
             None
         })
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -809,7 +812,8 @@ impl Repository {
         new_next: &StoredKey,
     ) -> Result<Option<String>, RepoError> {
         let now = now_ms();
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         let retired = sqlx::query("SELECT kid FROM signing_keys WHERE state = 'current'")
             .fetch_optional(&mut *tx)
             .await?

@@ -147,7 +147,7 @@ impl Repository {
         let rows = sqlx::query(
             "SELECT id, name, city, country, lat, lon FROM warehouses ORDER BY position, id",
         )
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await?;
         rows.iter()
             .map(|row| {
@@ -185,7 +185,7 @@ impl Repository {
         for id in product_ids {
             query = query.bind(id.clone());
         }
-        let rows = query.fetch_all(self.db.pool()).await?;
+        let rows = query.fetch_all(&self.db).await?;
         let mut stock: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
         for row in &rows {
             stock.insert(
@@ -240,7 +240,7 @@ impl Repository {
 
     /// The reservation under `key`, if any.
     pub async fn reservation(&self, key: &str) -> Result<Option<Reservation>, RepoError> {
-        let mut connection = self.db.pool().acquire().await?;
+        let mut connection = self.db.connection().await?;
         Ok(read_reservation(&mut connection, key).await?)
     }
 
@@ -269,9 +269,9 @@ impl Repository {
             query = query.bind(status.as_str());
             allocations_query = allocations_query.bind(status.as_str());
         }
-        let rows = query.fetch_all(self.db.pool()).await?;
+        let rows = query.fetch_all(&self.db).await?;
         let mut allocations: BTreeMap<String, Vec<Allocation>> = BTreeMap::new();
-        for row in allocations_query.fetch_all(self.db.pool()).await? {
+        for row in allocations_query.fetch_all(&self.db).await? {
             let key: String = row.try_get("reservation_key")?;
             allocations
                 .entry(key)
@@ -324,7 +324,8 @@ impl Repository {
     ) -> Result<(Result<Reserved, RepoError>, bool), sqlx::Error> {
         let _turn = self.db.write_turn().await;
         let now = now_ms();
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         // Claim the key first: the write takes SQLite's lock before anything is read, and on
         // PostgreSQL a concurrent claim of the same key waits for ours to commit or roll back.
         let claimed = sqlx::query(
@@ -512,7 +513,8 @@ impl Repository {
     ) -> Result<(Result<Reservation, RepoError>, bool), sqlx::Error> {
         let _turn = self.db.write_turn().await;
         let now = now_ms();
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         let committed = sqlx::query(
             "UPDATE reservations SET status = 'committed', committed_at_ms = $1 \
              WHERE reservation_key = $2 AND status = 'reserved' AND expires_at_ms > $1",
@@ -598,7 +600,8 @@ impl Repository {
     ) -> Result<(Result<Reservation, RepoError>, bool), sqlx::Error> {
         let _turn = self.db.write_turn().await;
         let now = now_ms();
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         // The tombstone insert is also the transaction's first write (see `reserve_once`).
         let tombstone = sqlx::query(
             "INSERT INTO reservations (reservation_key, status, fingerprint, reason, \
@@ -654,7 +657,7 @@ impl Repository {
             )
             .bind(now_ms)
             .bind(BATCH)
-            .fetch_all(self.db.pool())
+            .fetch_all(&self.db)
             .await?;
             let mut progress = 0;
             for key in &keys {
@@ -676,7 +679,8 @@ impl Repository {
     /// did, `None` when a commit or release got there first.
     async fn expire_once(&self, key: &str, now: i64) -> Result<Option<bool>, sqlx::Error> {
         let _turn = self.db.write_turn().await;
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         let expired = sqlx::query(
             "UPDATE reservations SET status = 'released', reason = $1, released_at_ms = $2 \
              WHERE reservation_key = $3 AND status = 'reserved' AND expires_at_ms <= $2",
@@ -815,7 +819,8 @@ impl Repository {
     ) -> Result<(Result<(), RepoError>, bool), sqlx::Error> {
         let _turn = self.db.write_turn().await;
         let now = now_ms();
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         let mut applied = apply_delta(&mut tx, product_id, warehouse_id, delta, now).await?;
         if !applied {
             let known_warehouse: Option<String> =
@@ -907,7 +912,8 @@ impl Repository {
         stock: &[SeedStock],
     ) -> Result<u64, RepoError> {
         let _turn = self.db.write_turn().await;
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         // A write first, so on SQLite the count below cannot go stale before our inserts.
         for (position, w) in warehouses.iter().enumerate() {
             sqlx::query(

@@ -1136,7 +1136,7 @@ async fn scenario_constraints(engine: Engine) {
         return;
     };
     let product = seeded_product(5);
-    let pool = app.repo.database().pool();
+    let pool = app.repo.database();
     for sql in [
         "UPDATE stock SET on_hand = -1 WHERE product_id = $1",
         "UPDATE stock SET reserved = -1 WHERE product_id = $1",

@@ -276,7 +276,7 @@ pub struct AuditLog {
 impl AuditLog {
     /// Creates the table if needed.
     pub async fn open(db: &Database, service: &str) -> Result<Self, sqlx::Error> {
-        sqlx::query(TABLE_SQL).execute(db.pool()).await?;
+        sqlx::query(TABLE_SQL).execute(db).await?;
         Ok(Self {
             db: db.clone(),
             service: service.to_owned(),
@@ -287,7 +287,8 @@ impl AuditLog {
     pub async fn append(&self, event: AuditEvent) -> Result<AuditRecord, sqlx::Error> {
         let mut attempts = 0;
         loop {
-            let mut tx = self.db.pool().begin().await?;
+            let mut connection = self.db.connection().await?;
+            let mut tx = connection.begin().await?;
             match self.append_in(&mut tx, event.clone()).await {
                 Ok(record) => {
                     tx.commit().await?;
@@ -366,7 +367,7 @@ impl AuditLog {
 
     /// Records with `seq > after`, oldest first, at most `limit`.
     pub async fn records(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>, sqlx::Error> {
-        read_records(self.db.pool(), after, limit).await
+        read_records(&self.db, after, limit).await
     }
 
     /// The newest `limit` records (newest first) and the check of the whole chain, read in
@@ -406,9 +407,10 @@ impl AuditLog {
     }
 }
 
-/// Reads records straight from a pool (also used by `bazaar audit verify` on a database file).
-pub async fn read_records(
-    pool: &sqlx::AnyPool,
+/// Reads records through any executor: a service's [`Database`], or the pool `bazaar audit
+/// verify` opens on a database file.
+pub async fn read_records<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     after: i64,
     limit: i64,
 ) -> Result<Vec<AuditRecord>, sqlx::Error> {
@@ -418,7 +420,7 @@ pub async fn read_records(
     )
     .bind(after)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     rows.iter()
         .map(|row| {

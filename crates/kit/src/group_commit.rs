@@ -190,7 +190,8 @@ mod tests {
         type Output = usize;
 
         async fn write(&self, batch: &[Queued<i64>]) -> Result<Vec<usize>, sqlx::Error> {
-            let mut tx = self.db.pool().begin().await?;
+            let mut connection = self.db.connection().await?;
+            let mut tx = connection.begin().await?;
             for queued in batch {
                 sqlx::query("INSERT INTO numbers (n) VALUES ($1)")
                     .bind(queued.item)
@@ -213,7 +214,7 @@ mod tests {
         .await
         .expect("opens");
         sqlx::query("CREATE TABLE numbers (n BIGINT NOT NULL)")
-            .execute(db.pool())
+            .execute(&db)
             .await
             .expect("table");
         let writer = GroupCommit::start(Numbers { db: db.clone() }, 64);
@@ -242,7 +243,7 @@ mod tests {
 
     async fn stored(db: &Database) -> i64 {
         sqlx::query_scalar("SELECT COUNT(*) FROM numbers")
-            .fetch_one(db.pool())
+            .fetch_one(db)
             .await
             .expect("count")
     }

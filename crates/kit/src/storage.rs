@@ -6,13 +6,22 @@
 //! written and filtered on both, but the `Any` driver cannot *read* one from SQLite: select it as
 //! `CASE WHEN flag THEN 1 ELSE 0 END`, or store flags as `BIGINT` 0/1.
 
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyQueryResult};
+use futures::future::BoxFuture;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryFutureExt, TryStreamExt};
+use sqlx::any::{
+    AnyConnectOptions, AnyPoolOptions, AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo,
+};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Executor};
+use sqlx::pool::PoolConnection;
+use sqlx::{
+    Any, AnyConnection, AnyPool, ConnectOptions, Connection as _, Either, Executor, Transaction,
+};
 
 /// Which engine a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,23 +46,76 @@ impl FromStr for Engine {
     }
 }
 
-/// Connections to a SQLite database: one. SQLite runs one writer at a time anyway, and in WAL
-/// mode a connection drops its whole page cache whenever another connection has committed since
-/// its last transaction, so with several connections under load nearly every transaction began
-/// by reading its pages again from the file (a system call each). One connection keeps its
-/// cache, and a service pinned to one CPU (`bazaar up`) gained nothing from running statements
-/// on several threads: a checkout took about 9% less CPU with one (docs/performance.md). Code
-/// must therefore never query through the pool while it holds a transaction or a connection.
-const SQLITE_CONNECTIONS: u32 = 1;
-
 /// A service's database.
 #[derive(Clone, Debug)]
 pub struct Database {
-    pool: AnyPool,
+    access: Access,
     engine: Engine,
     /// Whose turn it is to write (SQLite only), shared by every clone: see
     /// [`Database::write_turn`].
     writer: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// How long a query waits for a connection before failing.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a [`Database`] reaches its engine.
+#[derive(Clone, Debug)]
+enum Access {
+    /// PostgreSQL: `sqlx`'s pool of network connections, which reconnects after a failure.
+    Pool(AnyPool),
+    /// SQLite: one connection. SQLite runs one writer at a time anyway, and in WAL mode a
+    /// connection drops its whole page cache whenever another connection has committed since its
+    /// last transaction, so with several connections under load nearly every transaction began by
+    /// reading its pages again from the file (a system call each). One connection keeps its cache,
+    /// and a service pinned to one CPU (`bazaar up`) gained nothing from running statements on
+    /// several threads: a checkout took about 9% less CPU with one (docs/performance.md).
+    ///
+    /// That connection is held outside `sqlx`'s pool, behind an async mutex: the pool pings every
+    /// connection returned to it (not configurable in sqlx 0.8), a round trip to SQLite's worker
+    /// thread per checkout that cost as much CPU as the statement it followed
+    /// (`crates/kit/tests/sqlite_round_trip.rs`). Code must therefore never query the database
+    /// while it holds a transaction or a [`Connection`]: with one connection it would wait for
+    /// itself until the checkout times out.
+    ///
+    /// Taken in turn (tokio's mutex is fair: first come, first served); `None` once
+    /// [closed](Database::close).
+    Held(Arc<tokio::sync::Mutex<Option<AnyConnection>>>),
+}
+
+/// A connection taken from a [`Database`] for a transaction or several statements; it goes
+/// back when dropped. Dereferences to the `sqlx` connection, so `&mut *connection` is an
+/// executor.
+pub enum Connection {
+    Pooled(PoolConnection<Any>),
+    Held(tokio::sync::OwnedMappedMutexGuard<Option<AnyConnection>, AnyConnection>),
+}
+
+impl Connection {
+    /// Begins a transaction on this connection (`sqlx::Connection::begin`, without importing
+    /// the trait at every call site).
+    pub async fn begin(&mut self) -> Result<Transaction<'_, Any>, sqlx::Error> {
+        (**self).begin().await
+    }
+}
+
+impl Deref for Connection {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Connection::Pooled(connection) => connection,
+            Connection::Held(connection) => connection,
+        }
+    }
+}
+
+impl DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Connection::Pooled(connection) => connection,
+            Connection::Held(connection) => connection,
+        }
+    }
 }
 
 /// Why the database could not be opened.
@@ -106,44 +168,44 @@ impl Database {
                 }
             }
         }
-        let options = AnyPoolOptions::new()
-            .max_connections(match engine {
-                Engine::Sqlite => SQLITE_CONNECTIONS,
-                Engine::Postgres => 10,
-            })
-            .acquire_timeout(Duration::from_secs(5))
-            // A pooled SQLite connection is a file handle in this process: it cannot go stale
-            // the way a network connection can, so pinging it before every use is pure cost (a
-            // round trip to SQLite's worker thread per query).
-            .test_before_acquire(engine != Engine::Sqlite);
-        let options = if engine == Engine::Sqlite {
-            options.after_connect(|connection, _| {
-                Box::pin(async move {
-                    // WAL lets readers proceed during a write; busy_timeout makes a second writer
-                    // wait instead of failing; NORMAL sync is durable across process crashes.
-                    connection
-                        .execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
-                             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-                        )
-                        .await?;
-                    Ok(())
-                })
-            })
-        } else {
-            options
+        let connect_error = |source| StorageError::Connect {
+            url: redact(url),
+            source,
         };
-        let pool = options
-            .connect(url)
-            .await
-            .map_err(|source| StorageError::Connect {
-                url: redact(url),
-                source,
-            })?;
-        migrator.run(&pool).await?;
+        let access = match engine {
+            Engine::Sqlite => {
+                let mut connection = AnyConnectOptions::from_str(url)
+                    .map_err(connect_error)?
+                    .connect()
+                    .await
+                    .map_err(connect_error)?;
+                // WAL lets readers in other processes (`bazaar reconcile`) proceed during a
+                // write; busy_timeout makes a writer in another process wait instead of
+                // failing; NORMAL sync is durable across process crashes.
+                connection
+                    .execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+                         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                    )
+                    .await
+                    .map_err(connect_error)?;
+                migrator.run_direct(&mut connection).await?;
+                Access::Held(Arc::new(tokio::sync::Mutex::new(Some(connection))))
+            }
+            Engine::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(10)
+                    .acquire_timeout(CHECKOUT_TIMEOUT)
+                    .connect(url)
+                    .await
+                    .map_err(connect_error)?;
+                migrator.run(&pool).await?;
+                Access::Pool(pool)
+            }
+        };
         let writer = (engine == Engine::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         Ok(Self {
-            pool,
+            access,
             engine,
             writer,
         })
@@ -165,8 +227,22 @@ impl Database {
         }
     }
 
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
+    /// A connection of this database for a transaction or several statements in a row, waiting
+    /// for one to be free; for a single statement, pass `&database` as the executor instead.
+    pub async fn connection(&self) -> Result<Connection, sqlx::Error> {
+        match &self.access {
+            Access::Pool(pool) => pool.acquire().await.map(Connection::Pooled),
+            Access::Held(connection) => {
+                // Bounded like the pool's checkout, so a task that asks while it holds the
+                // connection (a bug) fails loudly instead of waiting forever.
+                let held = tokio::time::timeout(CHECKOUT_TIMEOUT, connection.clone().lock_owned())
+                    .await
+                    .map_err(|_elapsed| sqlx::Error::PoolTimedOut)?;
+                tokio::sync::OwnedMutexGuard::try_map(held, Option::as_mut)
+                    .map(Connection::Held)
+                    .map_err(|_closed| sqlx::Error::PoolClosed)
+            }
+        }
     }
 
     pub fn engine(&self) -> Engine {
@@ -176,14 +252,98 @@ impl Database {
     /// Round trip to the database, for readiness.
     pub async fn ping(&self) -> Result<(), String> {
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(self)
             .await
             .map(|_: AnyQueryResult| ())
             .map_err(|e| format!("database unreachable: {e}"))
     }
 
+    /// Closes the database (every clone): the pool's connections, or the held connection once
+    /// its current user is done. Queries afterwards fail with `PoolClosed`.
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.access {
+            Access::Pool(pool) => pool.close().await,
+            Access::Held(connection) => {
+                if let Some(connection) = connection.lock().await.take() {
+                    if let Err(error) = connection.close().await {
+                        tracing::warn!(%error, "closing the database");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `&database` runs a single statement, on a connection taken for that statement alone (like
+/// `&pool` in `sqlx`, without the pool's ping when the connection goes back).
+impl<'d> Executor<'d> for &'d Database {
+    type Database = Any;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
+    where
+        'd: 'e,
+        E: 'q + sqlx::Execute<'q, Any>,
+    {
+        // The results are gathered while the connection is held, then streamed: a stream that
+        // held the connection would keep it from every other statement until fully read.
+        self.connection()
+            .and_then(|mut connection| async move {
+                connection.fetch_many(query).try_collect::<Vec<_>>().await
+            })
+            .map_ok(|results| stream::iter(results.into_iter().map(Ok)))
+            .try_flatten_stream()
+            .boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
+    where
+        'd: 'e,
+        E: 'q + sqlx::Execute<'q, Any>,
+    {
+        Box::pin(async move { self.connection().await?.fetch_optional(query).await })
+    }
+
+    fn execute<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<AnyQueryResult, sqlx::Error>>
+    where
+        'd: 'e,
+        E: 'q + sqlx::Execute<'q, Any>,
+    {
+        Box::pin(async move { self.connection().await?.execute(query).await })
+    }
+
+    fn fetch_all<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Vec<AnyRow>, sqlx::Error>>
+    where
+        'd: 'e,
+        E: 'q + sqlx::Execute<'q, Any>,
+    {
+        Box::pin(async move { self.connection().await?.fetch_all(query).await })
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [AnyTypeInfo],
+    ) -> BoxFuture<'e, Result<AnyStatement<'q>, sqlx::Error>>
+    where
+        'd: 'e,
+    {
+        Box::pin(async move { self.connection().await?.prepare_with(sql, parameters).await })
+    }
+
+    fn describe<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+    ) -> BoxFuture<'e, Result<sqlx::Describe<Any>, sqlx::Error>>
+    where
+        'd: 'e,
+    {
+        Box::pin(async move { self.connection().await?.describe(sql).await })
     }
 }
 

@@ -37,7 +37,7 @@ async fn chain_detects_tampering(url: &str) {
 
     // A record modified in the database is found by its hash.
     sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 5")
-        .execute(db.pool())
+        .execute(&db)
         .await
         .expect("tamper");
     let error = verify_chain(&log.records(0, 1000).await.expect("records")).expect_err("modified");
@@ -116,7 +116,7 @@ async fn admin_view_answers_the_newest_records_and_the_whole_chain_check() {
     // A record modified in the database (in the first page, far from the newest ones shown)
     // breaks the chain, and the answer says where.
     sqlx::query("UPDATE audit_log SET target = 'forged' WHERE seq = 7")
-        .execute(db.pool())
+        .execute(&db)
         .await
         .expect("tamper");
     let axum::Json(view) = admin_view(&log, &AuditQuery { limit: Some(2) })
@@ -140,7 +140,7 @@ async fn admin_view_answers_the_newest_records_and_the_whole_chain_check() {
 
     // A record removed past the first page is found too.
     sqlx::query("UPDATE audit_log SET target = 'p-7' WHERE seq = 7")
-        .execute(db.pool())
+        .execute(&db)
         .await
         .expect("restore");
     let axum::Json(view) = admin_view(&log, &AuditQuery::default())
@@ -148,7 +148,7 @@ async fn admin_view_answers_the_newest_records_and_the_whole_chain_check() {
         .expect("view");
     assert!(view.chain.ok, "restored: {:?}", view.chain);
     sqlx::query("DELETE FROM audit_log WHERE seq = 1002")
-        .execute(db.pool())
+        .execute(&db)
         .await
         .expect("remove");
     let axum::Json(view) = admin_view(&log, &AuditQuery::default())

@@ -1,13 +1,15 @@
 //! Benchmark (ignored by default; prints figures, asserts nothing about speed): what a SQL
-//! statement and a write transaction cost on the embedded profile's SQLite path, through the
-//! pool (as the services run them: `fetch_optional(db.pool())`, `db.pool().begin()`) and on a
-//! connection held throughout.
+//! statement and a write transaction cost on the embedded profile's SQLite path: as the
+//! services run them (`fetch_optional(&db)`, `db.connection()` then `begin()`), through a
+//! `sqlx` pool of one connection (as they ran them until the sixth round), and on a connection
+//! held throughout.
 //!
 //! Every statement is a message to the thread sqlx runs the connection on and a wake-up back;
 //! every pool checkout adds sqlx's test of the connection on its release (a ping: one more round
-//! trip to that thread). The checkout runs about 69 statements per order, so these figures,
-//! times those counts, are the part of the checkout's CPU a different SQLite access path could
-//! save (docs/performance.md, fifth round). Run it the way a service runs, on one CPU:
+//! trip to that thread), which `Database` avoids by holding its one connection outside the pool.
+//! The checkout runs about 69 statements per order, so these figures, times those counts, are the
+//! part of the checkout's CPU a different SQLite access path could save (docs/performance.md,
+//! fifth and sixth rounds). Run it the way a service runs, on one CPU:
 //!
 //! ```sh
 //! taskset -c 0 cargo test --release -p bazaar-kit --test sqlite_round_trip -- --ignored --nocapture
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bazaar_kit::storage::testing::sqlite_url;
 use bazaar_kit::storage::Database;
+use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 
 const STATEMENTS: usize = 20_000;
@@ -83,25 +86,26 @@ async fn bench_sqlite_statement_round_trip() {
         "CREATE TABLE items (id BIGINT PRIMARY KEY, value TEXT NOT NULL); \
          INSERT INTO items (id, value) VALUES (1, 'one'), (2, 'two'), (3, 'three');",
     )
-    .execute(db.pool())
+    .execute(&db)
     .await
     .expect("table");
 
-    // As the services run them, each through the pool: a prepared lookup by primary key, and
-    // a write transaction (BEGIN, one insert, COMMIT).
+    // As the services run them: a prepared lookup by primary key, and a write transaction
+    // (BEGIN, one insert, COMMIT), each taking the connection for itself.
     let sample = Sample::start();
     for i in 0..STATEMENTS {
-        lookup(db.pool(), i).await;
+        lookup(&db, i).await;
     }
-    sample.report("one statement per round trip, through the pool");
+    sample.report("one statement per round trip, through `&Database`");
     let sample = Sample::start();
     for i in 0..STATEMENTS {
-        insert_and_commit(db.pool().begin().await.expect("begin"), 1_000 + i).await;
+        let mut connection = db.connection().await.expect("connection");
+        insert_and_commit(connection.begin().await.expect("begin"), 1_000 + i).await;
     }
-    sample.report("transactions (BEGIN, INSERT, COMMIT), through the pool");
+    sample.report("transactions (BEGIN, INSERT, COMMIT), through `Database::connection`");
 
-    // The same on the pool's one connection, held throughout (no checkout per use).
-    let mut connection = db.pool().acquire().await.expect("connection");
+    // The same on the one connection held throughout (no checkout per use).
+    let mut connection = db.connection().await.expect("connection");
     let sample = Sample::start();
     for i in 0..STATEMENTS {
         lookup(&mut *connection, i).await;
@@ -109,12 +113,31 @@ async fn bench_sqlite_statement_round_trip() {
     sample.report("one statement per round trip, on one connection");
     let sample = Sample::start();
     for i in 0..STATEMENTS {
-        let tx = sqlx::Connection::begin(&mut *connection)
-            .await
-            .expect("begin");
+        let tx = connection.begin().await.expect("begin");
         insert_and_commit(tx, 1_000_000 + i).await;
     }
     sample.report("transactions (BEGIN, INSERT, COMMIT), on one connection");
+    drop(connection);
+    db.close().await;
+
+    // Through a sqlx pool of one connection with the services' former settings (no test
+    // before acquire; sqlx still pings every connection returned to it).
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect(&sqlite_url(dir.path(), "bench"))
+        .await
+        .expect("pool");
+    let sample = Sample::start();
+    for i in 0..STATEMENTS {
+        lookup(&pool, i).await;
+    }
+    sample.report("one statement per round trip, through a sqlx pool");
+    let sample = Sample::start();
+    for i in 0..STATEMENTS {
+        insert_and_commit(pool.begin().await.expect("begin"), 2_000_000 + i).await;
+    }
+    sample.report("transactions (BEGIN, INSERT, COMMIT), through a sqlx pool");
 }
 
 /// Reads one of the three rows by primary key, as a service's lookup does.

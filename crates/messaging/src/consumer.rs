@@ -104,7 +104,7 @@ const TABLES_SQL: [&str; 3] = [
 pub async fn create_tables(db: &Database) -> Result<(), sqlx::Error> {
     for sql in TABLES_SQL {
         // Concurrent starts race on PostgreSQL's catalog even with IF NOT EXISTS: run it again.
-        retry_conflicts(|| sqlx::query(sql).execute(db.pool())).await?;
+        retry_conflicts(|| sqlx::query(&sql).execute(db)).await?;
     }
     Ok(())
 }
@@ -266,7 +266,8 @@ async fn apply_once(
     };
     // On SQLite, in turn with the service's own writers (a shared database).
     let _turn = db.write_turn().await;
-    let mut tx = db.pool().begin().await?;
+    let mut connection = db.connection().await?;
+    let mut tx = connection.begin().await?;
     let now = now_ms();
     if let Some(cursor) = cursor {
         // The write comes first so SQLite takes its write lock before anything is read.
@@ -347,7 +348,7 @@ async fn record_in_inbox(
 pub(crate) async fn prune_inbox(db: &Database, older_than_ms: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("DELETE FROM consumer_inbox WHERE handled_at_ms < $1")
         .bind(older_than_ms)
-        .execute(db.pool())
+        .execute(db)
         .await?;
     Ok(done.rows_affected())
 }
@@ -361,12 +362,12 @@ pub(crate) async fn cursor(db: &Database, group: &str, source: &str) -> Result<i
     .bind(group)
     .bind(source)
     .bind(now_ms())
-    .execute(db.pool())
+    .execute(db)
     .await?;
     sqlx::query_scalar("SELECT position FROM consumer_cursors WHERE grp = $1 AND source = $2")
         .bind(group)
         .bind(source)
-        .fetch_one(db.pool())
+        .fetch_one(db)
         .await
 }
 
@@ -426,7 +427,7 @@ impl Lease {
             sqlx::query_scalar("SELECT holder FROM consumer_leases WHERE grp = $1 AND source = $2")
                 .bind(&self.group)
                 .bind(&self.source)
-                .fetch_optional(self.db.pool())
+                .fetch_optional(&self.db)
                 .await?
         } else {
             None
@@ -443,7 +444,7 @@ impl Lease {
         .bind(&self.holder)
         .bind(now + LEASE_TTL_MS)
         .bind(now)
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await?
         .rows_affected()
             == 1;
@@ -476,7 +477,7 @@ impl Lease {
             .bind(&self.group)
             .bind(&self.source)
             .bind(&self.holder)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         Ok(())
     }
@@ -497,7 +498,7 @@ mod tests {
 
     async fn row(db: &Database) -> Option<(String, i64)> {
         sqlx::query_as("SELECT holder, expires_at_ms FROM consumer_leases")
-            .fetch_optional(db.pool())
+            .fetch_optional(db)
             .await
             .expect("read the lease")
     }
@@ -507,7 +508,7 @@ mod tests {
         sqlx::query("UPDATE consumer_leases SET holder = $1, expires_at_ms = $2")
             .bind(holder)
             .bind(expires_at_ms)
-            .execute(db.pool())
+            .execute(db)
             .await
             .expect("set the lease");
     }

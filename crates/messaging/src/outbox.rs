@@ -49,7 +49,7 @@ impl Outbox {
         for sql in [TABLE_SQL, INDEX_SQL] {
             // Instances starting together race on PostgreSQL's catalog even with IF NOT EXISTS
             // (a unique violation on pg_type): run the statement again.
-            retry_conflicts(|| sqlx::query(sql).execute(db.pool())).await?;
+            retry_conflicts(|| sqlx::query(&sql).execute(db)).await?;
         }
         Ok(Self {
             db: db.clone(),
@@ -149,7 +149,7 @@ impl Outbox {
         ))
         .bind(after)
         .bind(limit)
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await?;
         let bounds = match rows.first() {
             Some(row) => Some((row.try_get("oldest")?, row.try_get("latest")?)),
@@ -169,7 +169,7 @@ impl Outbox {
              ORDER BY sequence LIMIT $1"
         ))
         .bind(limit)
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await?;
         rows.iter().map(|row| self.decode(row)).collect()
     }
@@ -179,7 +179,7 @@ impl Outbox {
         sqlx::query("UPDATE outbox_events SET published_at_ms = $1 WHERE sequence = $2")
             .bind(now_ms())
             .bind(sequence)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         Ok(())
     }
@@ -190,7 +190,7 @@ impl Outbox {
             "SELECT COALESCE(MIN(sequence), 0) AS oldest, COALESCE(MAX(sequence), 0) AS latest \
              FROM outbox_events",
         )
-        .fetch_one(self.db.pool())
+        .fetch_one(&self.db)
         .await?;
         Ok((row.try_get("oldest")?, row.try_get("latest")?))
     }
@@ -198,7 +198,7 @@ impl Outbox {
     /// How many events wait for the broker.
     pub async fn unpublished_count(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT COUNT(*) FROM outbox_events WHERE published_at_ms IS NULL")
-            .fetch_one(self.db.pool())
+            .fetch_one(&self.db)
             .await
     }
 
@@ -219,7 +219,7 @@ impl Outbox {
              AND sequence < (SELECT MAX(sequence) FROM outbox_events)"
         ))
         .bind(older_than_ms)
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await?;
         Ok(done.rows_affected())
     }

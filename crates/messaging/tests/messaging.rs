@@ -132,7 +132,8 @@ async fn append(outbox: &Outbox, db: &Database, count: usize) -> Vec<EventEnvelo
     let mut appended = Vec::new();
     for _ in 0..count {
         let envelope = retry_conflicts(|| async move {
-            let mut tx = db.pool().begin().await?;
+            let mut connection = db.connection().await?;
+            let mut tx = connection.begin().await?;
             let id = uuid::Uuid::new_v4().to_string();
             let event = NewEvent::new("thing.happened", &id, &json!({ "thing_id": id }));
             let envelope = outbox.append_in(&mut tx, event).await?;
@@ -250,7 +251,7 @@ async fn create_applied_table(db: &Database) {
         "CREATE TABLE IF NOT EXISTS applied (position BIGINT NOT NULL, event_id TEXT NOT NULL, \
          sequence BIGINT NOT NULL, applied_by TEXT NOT NULL, cursor_seen BIGINT)",
     )
-    .execute(db.pool())
+    .execute(db)
     .await
     .expect("create the applied table");
 }
@@ -266,7 +267,7 @@ struct Applied {
 
 async fn applied(db: &Database) -> Vec<Applied> {
     sqlx::query("SELECT event_id, sequence, applied_by, cursor_seen FROM applied ORDER BY position")
-        .fetch_all(db.pool())
+        .fetch_all(db)
         .await
         .expect("read applied")
         .iter()
@@ -309,7 +310,7 @@ async fn inbox_count(db: &Database, group: &str, event_id: &str) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM consumer_inbox WHERE grp = $1 AND event_id = $2")
         .bind(group)
         .bind(event_id)
-        .fetch_one(db.pool())
+        .fetch_one(db)
         .await
         .expect("count inbox")
 }
@@ -319,7 +320,7 @@ async fn cursor_position(db: &Database) -> i64 {
     sqlx::query_scalar("SELECT position FROM consumer_cursors WHERE grp = $1 AND source = $2")
         .bind(GROUP)
         .bind(PUBLISHER)
-        .fetch_one(db.pool())
+        .fetch_one(db)
         .await
         .expect("cursor")
 }
@@ -470,12 +471,13 @@ async fn outbox_commits_and_rolls_back_with_the_caller(url: String) {
         .await
         .expect("outbox");
     sqlx::query("CREATE TABLE things (id TEXT PRIMARY KEY)")
-        .execute(db.pool())
+        .execute(&db)
         .await
         .expect("create things");
 
     // Committed: the state change and its event both exist.
-    let mut tx = db.pool().begin().await.expect("begin");
+    let mut connection = db.connection().await.expect("connection");
+    let mut tx = connection.begin().await.expect("begin");
     sqlx::query("INSERT INTO things (id) VALUES ('kept')")
         .execute(&mut *tx)
         .await
@@ -492,6 +494,7 @@ async fn outbox_commits_and_rolls_back_with_the_caller(url: String) {
         "an uncommitted event is not visible"
     );
     tx.commit().await.expect("commit");
+    drop(connection);
     let visible = outbox.read_after(0, 10).await.expect("read");
     assert_eq!(visible, vec![kept.clone()]);
     assert_eq!(kept.sequence, 1);
@@ -500,7 +503,8 @@ async fn outbox_commits_and_rolls_back_with_the_caller(url: String) {
     assert_eq!(kept.payload, json!({"id": "kept"}));
 
     // Rolled back: neither exists, and the number is not burnt.
-    let mut tx = db.pool().begin().await.expect("begin");
+    let mut connection = db.connection().await.expect("connection");
+    let mut tx = connection.begin().await.expect("begin");
     sqlx::query("INSERT INTO things (id) VALUES ('dropped')")
         .execute(&mut *tx)
         .await
@@ -513,9 +517,10 @@ async fn outbox_commits_and_rolls_back_with_the_caller(url: String) {
         .await
         .expect("append");
     tx.rollback().await.expect("rollback");
+    drop(connection);
     assert_eq!(outbox.read_after(0, 10).await.expect("read"), vec![kept]);
     let things: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM things")
-        .fetch_one(db.pool())
+        .fetch_one(&db)
         .await
         .expect("count");
     assert_eq!(things, 1);
@@ -575,7 +580,8 @@ async fn outbox_sequences_are_gap_free_in_commit_order(url: String) {
             tokio::spawn(async move {
                 let (db, outbox) = (&db, &outbox);
                 let envelope = retry_conflicts(|| async move {
-                    let mut tx = db.pool().begin().await?;
+                    let mut connection = db.connection().await?;
+                    let mut tx = connection.begin().await?;
                     let event =
                         NewEvent::new("thing.happened", &format!("thing-{i}"), &json!({"i": i}));
                     let envelope = outbox.append_in(&mut tx, event).await?;
@@ -593,7 +599,7 @@ async fn outbox_sequences_are_gap_free_in_commit_order(url: String) {
                 let visible: i64 =
                     sqlx::query_scalar("SELECT COUNT(*) FROM outbox_events WHERE sequence <= $1")
                         .bind(envelope.sequence)
-                        .fetch_one(db.pool())
+                        .fetch_one(db)
                         .await
                         .expect("count");
                 assert_eq!(
@@ -974,7 +980,7 @@ async fn feed_delivers_across_a_publisher_restart(publisher_url: String, consume
         sqlx::query_scalar("SELECT position FROM consumer_cursors WHERE grp = $1 AND source = $2")
             .bind(GROUP)
             .bind(PUBLISHER)
-            .fetch_one(consumer_db.pool())
+            .fetch_one(&consumer_db)
             .await
             .expect("cursor");
     assert_eq!(cursor, 30);
@@ -1187,7 +1193,7 @@ async fn lease_holder(db: &Database) -> Option<String> {
     sqlx::query_scalar("SELECT holder FROM consumer_leases WHERE grp = $1 AND source = $2")
         .bind(GROUP)
         .bind(PUBLISHER)
-        .fetch_optional(db.pool())
+        .fetch_optional(db)
         .await
         .expect("read the lease")
 }
@@ -1749,21 +1755,22 @@ impl Handler for Sink {
 
 async fn create_sink(db: &Database) {
     sqlx::query("CREATE TABLE IF NOT EXISTS sink (event_id TEXT PRIMARY KEY)")
-        .execute(db.pool())
+        .execute(db)
         .await
         .expect("create sink");
 }
 
 async fn sink_count(db: &Database) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM sink")
-        .fetch_one(db.pool())
+        .fetch_one(db)
         .await
         .expect("count sink")
 }
 
 /// Appends `count` events in one transaction (the backlog a consumer finds when it starts).
 async fn append_backlog(outbox: &Outbox, db: &Database, count: usize) {
-    let mut tx = db.pool().begin().await.expect("begin");
+    let mut connection = db.connection().await.expect("connection");
+    let mut tx = connection.begin().await.expect("begin");
     for i in 0..count {
         let event = NewEvent::new("thing.happened", &format!("t-{i}"), &json!({ "i": i }));
         outbox.append_in(&mut tx, event).await.expect("append");
@@ -1883,7 +1890,7 @@ async fn bench_feed(mode: &str) {
         consumer.consumer(GROUP).subscribe(PUBLISHER, Sink).spawn();
         eventually("the consumer reads the feed", || async {
             sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM consumer_cursors")
-                .fetch_one(consumer_db.pool())
+                .fetch_one(&consumer_db)
                 .await
                 .is_ok_and(|n| n == 1)
         })
@@ -1902,7 +1909,7 @@ async fn bench_feed(mode: &str) {
         )
         .bind(GROUP)
         .bind(PUBLISHER)
-        .fetch_optional(consumer_db.pool())
+        .fetch_optional(&consumer_db)
         .await
         .expect("cursor");
         if position == Some(BENCH_EVENTS as i64) {

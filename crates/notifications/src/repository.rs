@@ -84,7 +84,7 @@ impl Repository {
         }
         let rows = query
             .bind(i64::from(request.limit) + 1)
-            .fetch_all(self.db.pool())
+            .fetch_all(&self.db)
             .await?;
         let mut emails = rows.iter().map(read_email).collect::<Result<Vec<_>, _>>()?;
         let more = emails.len() > request.limit as usize;
@@ -98,7 +98,7 @@ impl Repository {
             "SELECT {EMAIL_SELECT} FROM mailbox WHERE event_id = $1"
         ))
         .bind(event_id.to_owned())
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.as_ref().map(read_email).transpose()
     }

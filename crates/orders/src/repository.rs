@@ -167,7 +167,7 @@ impl Repository {
         ))
         .bind(user_id)
         .bind(key)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.map(|r| decode(&r)).transpose()
     }
@@ -184,7 +184,8 @@ impl Repository {
     ) -> Result<bool, sqlx::Error> {
         let outcome = bazaar_kit::storage::retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
-            let mut tx = self.db.pool().begin().await?;
+            let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
             let inserted = sqlx::query(
                 "INSERT INTO orders (id, user_id, email, idempotency_key, status, status_reason, step, \
                  currency, subtotal_minor, shipping_minor, total_minor, address, lines, saga, card_token, \
@@ -236,7 +237,7 @@ impl Repository {
     pub async fn get(&self, id: &str) -> Result<Option<StoredOrder>, sqlx::Error> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
             .bind(id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(&self.db)
             .await?;
         row.map(|r| decode(&r)).transpose()
     }
@@ -246,7 +247,7 @@ impl Repository {
             "SELECT at_ms, step, outcome, detail FROM order_history WHERE order_id = $1 ORDER BY seq",
         )
         .bind(id)
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await?;
         rows.iter()
             .map(|r| {
@@ -274,7 +275,7 @@ impl Repository {
         .bind(user_id.unwrap_or(""))
         .bind(status.unwrap_or(""))
         .bind(limit)
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await?;
         rows.iter().map(decode).collect()
     }
@@ -287,7 +288,7 @@ impl Repository {
         )
         .bind(now)
         .bind(limit)
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await
     }
 
@@ -301,7 +302,7 @@ impl Repository {
              AND claimed_until_ms < $1 ORDER BY next_attempt_at_ms LIMIT 1",
         )
         .bind(now)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await
     }
 
@@ -324,7 +325,7 @@ impl Repository {
             .bind(until_ms)
             .bind(id)
             .bind(now)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await
         })
         .await?;
@@ -343,7 +344,7 @@ impl Repository {
                  WHERE claimed_by = $1 AND status = 'pending' AND claimed_until_ms > 0",
             )
             .bind(worker)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await
         })
         .await?;
@@ -357,7 +358,7 @@ impl Repository {
             sqlx::query("UPDATE orders SET claimed_until_ms = 0 WHERE id = $1 AND claimed_by = $2")
                 .bind(id)
                 .bind(worker)
-                .execute(self.db.pool())
+                .execute(&self.db)
                 .await
         })
         .await?;
@@ -376,7 +377,8 @@ impl Repository {
     ) -> Result<Vec<bool>, sqlx::Error> {
         let recorded = bazaar_kit::storage::retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
-            let mut tx = self.db.pool().begin().await?;
+            let mut connection = self.db.connection().await?;
+            let mut tx = connection.begin().await?;
             let now = now_ms();
             // The batched statements match steps to orders by id: a batch holds one step per
             // order (an order's task waits for its step's commit), but should one ever hold
@@ -411,7 +413,7 @@ impl Repository {
     /// Counts by status, for metrics and the admin console.
     pub async fn counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status")
-            .fetch_all(self.db.pool())
+            .fetch_all(&self.db)
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))

@@ -137,7 +137,7 @@ impl Repository {
         .bind(card.card.exp_month)
         .bind(card.card.exp_year)
         .bind(card.created_at_ms)
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -149,7 +149,7 @@ impl Repository {
              WHERE token = $1",
         )
         .bind(token)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.as_ref().map(card_from_row).transpose()
     }
@@ -161,7 +161,7 @@ impl Repository {
              WHERE user_id = $1 ORDER BY created_at, token",
         )
         .bind(user_id)
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await?;
         rows.iter()
             .map(|row| card_from_row(row).map(|c| c.card))
@@ -194,7 +194,7 @@ impl Repository {
         .bind(None::<String>)
         .bind(p.created_at_ms)
         .bind(p.updated_at_ms)
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await;
         drop(turn);
         match inserted {
@@ -214,7 +214,7 @@ impl Repository {
             "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.as_ref().map(payment_from_row).transpose()
     }
@@ -225,7 +225,7 @@ impl Repository {
             "SELECT {PAYMENT_COLUMNS} FROM payments WHERE idempotency_key = $1"
         ))
         .bind(key)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.as_ref().map(payment_from_row).transpose()
     }
@@ -246,7 +246,7 @@ impl Repository {
         .bind(order_id.map(str::to_owned))
         .bind(user_id.map(str::to_owned))
         .bind(limit)
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await?;
         let mut payments = rows
             .iter()
@@ -271,7 +271,8 @@ impl Repository {
         };
         let recorded = retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
-            let mut tx = self.db.pool().begin().await?;
+            let mut connection = self.db.connection().await?;
+            let mut tx = connection.begin().await?;
             // RETURNING: the payment as stored, without reading it back.
             let updated = sqlx::query(&format!(
                 "UPDATE payments SET status = $1, decline_code = $2, processor_id = $3, \
@@ -341,7 +342,7 @@ impl Repository {
              FROM payment_operations WHERE idempotency_key = $1",
         )
         .bind(key)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.as_ref().map(operation_from_row).transpose()
     }
@@ -363,7 +364,7 @@ impl Repository {
         .bind(operation.operation.as_str())
         .bind(&operation.processor_key)
         .bind(now)
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await;
         drop(turn);
         match inserted {
@@ -387,7 +388,8 @@ impl Repository {
         let op = operation.operation;
         let recorded = retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
-            let mut tx = self.db.pool().begin().await?;
+            let mut connection = self.db.connection().await?;
+            let mut tx = connection.begin().await?;
             let now = now_ms();
             // RETURNING: the payment as stored, without reading it back.
             let updated = sqlx::query(&format!(

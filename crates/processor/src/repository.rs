@@ -119,7 +119,7 @@ impl Repository {
         .bind(card.exp_year)
         .bind(card.holder.clone())
         .bind(now_ms())
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -131,7 +131,7 @@ impl Repository {
              WHERE token = $1",
         )
         .bind(token)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.map(|row| {
             Ok(Card {
@@ -149,7 +149,7 @@ impl Repository {
 
     /// What was answered under `key`, if it was used.
     pub async fn stored_response(&self, key: &str) -> Result<Option<StoredResponse>, RepoError> {
-        Ok(stored_response(self.db.pool().acquire().await?.as_mut(), key).await?)
+        Ok(stored_response(&mut *self.db.connection().await?, key).await?)
     }
 
     /// Records `authorization` and, in the same transaction, `key` with the answer (`status`
@@ -166,12 +166,13 @@ impl Repository {
             serde_json::to_string(authorization).map_err(|e| RepoError::Corrupt(e.to_string()))?;
         let recorded = retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
-            let mut tx = self.db.pool().begin().await?;
+            let mut connection = self.db.connection().await?;
+            let mut tx = connection.begin().await?;
             let inserted = insert_key(&mut tx, key, fingerprint, status, &body).await;
             match inserted {
                 Err(error) if is_unique_violation(&error) => {
                     tx.rollback().await?;
-                    return Ok(Recorded::Existing(existing(self, key).await?));
+                    return Ok(Recorded::Existing(existing(&mut connection, key).await?));
                 }
                 other => other?,
             }
@@ -238,12 +239,13 @@ impl Repository {
     ) -> Result<Option<TransitionOutcome>, RepoError> {
         let attempt = retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
-            let mut tx = self.db.pool().begin().await?;
+            let mut connection = self.db.connection().await?;
+            let mut tx = connection.begin().await?;
             // The key first: it serializes requests with the same key before anything is read.
             match insert_key(&mut tx, key, fingerprint, 0, "").await {
                 Err(error) if is_unique_violation(&error) => {
                     tx.rollback().await?;
-                    let stored = existing(self, key).await?;
+                    let stored = existing(&mut connection, key).await?;
                     return Ok(Attempt::Outcome(TransitionOutcome::Existing(stored)));
                 }
                 other => other?,
@@ -312,7 +314,7 @@ impl Repository {
     pub async fn authorization(&self, id: &str) -> Result<Option<Authorization>, RepoError> {
         let row = sqlx::query(&format!("{AUTHORIZATION_SELECT} WHERE a.id = $1"))
             .bind(id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(&self.db)
             .await?;
         row.as_ref().map(authorization_from_row).transpose()
     }
@@ -331,7 +333,7 @@ impl Repository {
                 ))
                 .bind(reference)
                 .bind(i64::from(limit))
-                .fetch_all(self.db.pool())
+                .fetch_all(&self.db)
                 .await?
             }
             None => {
@@ -339,7 +341,7 @@ impl Repository {
                     "{AUTHORIZATION_SELECT} ORDER BY a.created_at DESC, a.id DESC LIMIT $1"
                 ))
                 .bind(i64::from(limit))
-                .fetch_all(self.db.pool())
+                .fetch_all(&self.db)
                 .await?
             }
         };
@@ -394,10 +396,13 @@ async fn stored_response(
     .transpose()
 }
 
-/// The answer stored under `key`, read after our insert of it lost (so it is committed).
-async fn existing(repository: &Repository, key: &str) -> Result<StoredResponse, sqlx::Error> {
-    let mut connection = repository.db.pool().acquire().await?;
-    stored_response(connection.as_mut(), key)
+/// The answer stored under `key`, read after our insert of it lost (so it is committed), on the
+/// connection whose transaction lost (the database has no other on SQLite).
+async fn existing(
+    connection: &mut AnyConnection,
+    key: &str,
+) -> Result<StoredResponse, sqlx::Error> {
+    stored_response(connection, key)
         .await?
         .ok_or(sqlx::Error::RowNotFound)
 }

@@ -104,7 +104,8 @@ impl Repository {
 
     async fn create_once(&self, new: &NewShipment) -> Result<Created, sqlx::Error> {
         let _turn = self.db.write_turn().await;
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         let id = uuid::Uuid::now_v7().to_string();
         // A tracking number that collides with another violates its unique key: the retry
         // draws a new one.
@@ -138,10 +139,11 @@ impl Repository {
             // The order has its shipment already (made since the caller looked): that one it
             // is. Asking the unique key, rather than reading first, saves a statement.
             tx.rollback().await?;
+            // On the connection this function holds: the database has no other on SQLite.
             let existing: String =
                 sqlx::query_scalar("SELECT id FROM shipments WHERE order_id = $1")
                     .bind(&new.order_id)
-                    .fetch_one(self.db.pool())
+                    .fetch_one(&mut *connection)
                     .await?;
             return Ok(Created::Existing(existing));
         }
@@ -189,7 +191,7 @@ impl Repository {
     pub async fn get(&self, id: &str) -> Result<Option<Shipment>, sqlx::Error> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM shipments WHERE id = $1"))
             .bind(id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(&self.db)
             .await?;
         match row {
             Some(row) => Ok(Some(self.with_history(&row).await?)),
@@ -201,7 +203,7 @@ impl Repository {
     pub async fn by_order(&self, order_id: &str) -> Result<Option<Shipment>, sqlx::Error> {
         let id: Option<String> = sqlx::query_scalar("SELECT id FROM shipments WHERE order_id = $1")
             .bind(order_id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(&self.db)
             .await?;
         match id {
             Some(id) => self.get(&id).await,
@@ -220,7 +222,7 @@ impl Repository {
         .bind(filter.user_id.as_deref())
         .bind(filter.order_id.as_deref())
         .bind(filter.limit.max(1))
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await?;
         let mut shipments = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -235,7 +237,7 @@ impl Repository {
             "SELECT status, at_ms FROM shipment_history WHERE shipment_id = $1 ORDER BY position",
         )
         .bind(&id)
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await?
         .iter()
         .map(|h| {
@@ -271,7 +273,7 @@ impl Repository {
         .bind(status::IN_TRANSIT)
         .bind(delivered_cutoff)
         .bind(TRACKING_BATCH)
-        .fetch_all(self.db.pool())
+        .fetch_all(&self.db)
         .await?;
         let mut transitions = 0;
         for id in due {
@@ -294,7 +296,8 @@ impl Repository {
         delivered_cutoff: i64,
     ) -> Result<usize, sqlx::Error> {
         let _turn = self.db.write_turn().await;
-        let mut tx = self.db.pool().begin().await?;
+        let mut connection = self.db.connection().await?;
+        let mut tx = connection.begin().await?;
         let Some(row) = sqlx::query(
             "SELECT order_id, user_id, tracking_number, status, created_at_ms FROM shipments \
              WHERE id = $1",

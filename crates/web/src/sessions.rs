@@ -84,7 +84,7 @@ impl Sessions {
         .bind(user.access_expires_at_ms)
         .bind(now)
         .bind(now + self.ttl_ms)
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await?;
         Ok(id)
     }
@@ -97,7 +97,7 @@ impl Sessions {
         )
         .bind(hash(session_id))
         .bind(now_ms())
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         row.map(|row| {
             let roles: String = row.try_get("roles")?;
@@ -129,7 +129,7 @@ impl Sessions {
         .bind(refresh_token)
         .bind(access_expires_at_ms)
         .bind(hash(session_id))
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -139,11 +139,11 @@ impl Sessions {
         let refresh: Option<Option<String>> =
             sqlx::query_scalar("SELECT refresh_token FROM sessions WHERE id_hash = $1")
                 .bind(hash(session_id))
-                .fetch_optional(self.db.pool())
+                .fetch_optional(&self.db)
                 .await?;
         sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(hash(session_id))
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         Ok(refresh.flatten())
     }
@@ -159,7 +159,7 @@ impl Sessions {
         .bind(&pending.nonce)
         .bind(&pending.return_to)
         .bind(now_ms())
-        .execute(self.db.pool())
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -171,12 +171,12 @@ impl Sessions {
              WHERE state = $1",
         )
         .bind(state)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(&self.db)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let deleted = sqlx::query("DELETE FROM pending_signins WHERE state = $1")
             .bind(state)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         // Two callbacks racing with one state: only the one that deleted the row proceeds.
         if deleted.rows_affected() != 1 {
@@ -199,11 +199,11 @@ impl Sessions {
         let now = now_ms();
         let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
             .bind(now)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         let pending = sqlx::query("DELETE FROM pending_signins WHERE created_at <= $1")
             .bind(now - PENDING_TTL_MS)
-            .execute(self.db.pool())
+            .execute(&self.db)
             .await?;
         Ok(sessions.rows_affected() + pending.rows_affected())
     }
