@@ -36,24 +36,34 @@ pub fn free_port() -> u16 {
 /// A run of `count` consecutive free ports, below the kernel's ephemeral range (32768 and up):
 /// the many outbound connections of a running system take ephemeral ports, and one of them
 /// could otherwise take a planned port before its service binds it.
+///
+/// Ranges handed out in this test process are remembered and never handed out again: tests run
+/// side by side, and a range is only probed here while its system binds it later, so two tests
+/// drawing overlapping ranges would both find them free and then collide.
 pub fn free_port_range(count: u16) -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<std::ops::Range<u16>>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     for _ in 0..200 {
-        let base = 10_000 + fastrand_port() % 22_000;
-        let all_free =
-            (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if all_free {
+        let base = fastrand::u16(10_000..32_000 - count);
+        let range = base..base + count;
+        let overlaps = handed_out
+            .iter()
+            .any(|taken| taken.start < range.end && range.start < taken.end);
+        if overlaps {
+            continue;
+        }
+        if range
+            .clone()
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            handed_out.push(range);
             return base;
         }
     }
     panic!("no free port range");
-}
-
-pub fn fastrand_port() -> u16 {
-    (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos()
-        % 30_000) as u16
 }
 
 pub fn serve(service: &str, port: u16, data_dir: &std::path::Path, registry: u16) -> Proc {
