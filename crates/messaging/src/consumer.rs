@@ -104,7 +104,7 @@ const TABLES_SQL: [&str; 3] = [
 pub async fn create_tables(db: &Database) -> Result<(), sqlx::Error> {
     for sql in TABLES_SQL {
         // Concurrent starts race on PostgreSQL's catalog even with IF NOT EXISTS: run it again.
-        retry_conflicts(|| sqlx::query(&sql).execute(db)).await?;
+        retry_conflicts(|| sqlx::query(sql).execute(db)).await?;
     }
     Ok(())
 }

@@ -49,7 +49,7 @@ impl Outbox {
         for sql in [TABLE_SQL, INDEX_SQL] {
             // Instances starting together race on PostgreSQL's catalog even with IF NOT EXISTS
             // (a unique violation on pg_type): run the statement again.
-            retry_conflicts(|| sqlx::query(&sql).execute(db)).await?;
+            retry_conflicts(|| sqlx::query(sql).execute(db)).await?;
         }
         Ok(Self {
             db: db.clone(),
