@@ -62,8 +62,8 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How a [`Database`] reaches its engine.
 #[derive(Clone, Debug)]
 enum Access {
-    /// PostgreSQL: `sqlx`'s pool of network connections, which reconnects after a failure.
-    Pool(AnyPool),
+    /// PostgreSQL: `sqlx`'s pool of network connections, lent out without its ping per use.
+    Pool(Arc<Lender>),
     /// SQLite: one connection. SQLite runs one writer at a time anyway, and in WAL mode a
     /// connection drops its whole page cache whenever another connection has committed since its
     /// last transaction, so with several connections under load nearly every transaction began by
@@ -83,11 +83,101 @@ enum Access {
     Held(Arc<tokio::sync::Mutex<Option<AnyConnection>>>),
 }
 
+/// Connections per PostgreSQL database: ten services' pools fill the server's default 100.
+const POSTGRES_CONNECTIONS: usize = 10;
+
+/// How long a PostgreSQL connection may be lent out again and again before it goes back to
+/// `sqlx`'s pool, which tests it (and replaces it if the server went away).
+const RECYCLE_AFTER: Duration = Duration::from_secs(1);
+
+/// PostgreSQL connections taken from `sqlx`'s pool and lent to one user at a time between
+/// visits to it.
+///
+/// `sqlx` pings every connection returned to its pool (not configurable in sqlx 0.8): a network
+/// round trip per use that cost the service and the server as much as the statement it followed
+/// (`crates/kit/tests/sqlite_round_trip.rs`, PostgreSQL variant). Kept out of the pool, a
+/// connection serves use after use; every [`RECYCLE_AFTER`] it goes back (and is tested, and
+/// closed if broken) and a fresh one is taken, so a connection the server dropped fails for at
+/// most that long. What the ping also did, finish the work a cancelled query left behind, sqlx's
+/// PostgreSQL connection does itself before its next command.
+#[derive(Debug)]
+struct Lender {
+    pool: AnyPool,
+    /// One permit per connection the pool may open: a checkout holds one, so a connection is
+    /// always lent or idle here, or obtainable from the pool without waiting for this lender.
+    turns: Arc<tokio::sync::Semaphore>,
+    idle: std::sync::Mutex<Vec<Lent>>,
+}
+
+/// A pool connection out of the pool, and when it was taken from it.
+#[derive(Debug)]
+struct Lent {
+    connection: PoolConnection<Any>,
+    taken: std::time::Instant,
+}
+
+impl Lender {
+    async fn lend(self: &Arc<Self>) -> Result<LentConnection, sqlx::Error> {
+        let turn = tokio::time::timeout(CHECKOUT_TIMEOUT, self.turns.clone().acquire_owned())
+            .await
+            .map_err(|_elapsed| sqlx::Error::PoolTimedOut)?
+            .map_err(|_closed| sqlx::Error::PoolClosed)?;
+        // The most recently returned connection first: its buffers are warm.
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let lent = match idle {
+            Some(lent) if lent.taken.elapsed() < RECYCLE_AFTER => lent,
+            stale => {
+                // Back to the pool (which tests it) before asking the pool for one: it counts
+                // against the pool's size until then.
+                drop(stale);
+                Lent {
+                    connection: self.pool.acquire().await?,
+                    taken: std::time::Instant::now(),
+                }
+            }
+        };
+        Ok(LentConnection {
+            lent: Some(lent),
+            lender: self.clone(),
+            _turn: turn,
+        })
+    }
+
+    async fn close(&self) {
+        self.turns.close();
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(idle);
+        self.pool.close().await;
+    }
+}
+
+/// A PostgreSQL connection lent by a [`Lender`]; it goes back to the lender when dropped.
+pub struct LentConnection {
+    lent: Option<Lent>,
+    lender: Arc<Lender>,
+    /// Released after `drop` has put the connection back (fields drop after the body).
+    _turn: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for LentConnection {
+    fn drop(&mut self) {
+        if let Some(lent) = self.lent.take() {
+            if !self.lender.turns.is_closed() {
+                self.lender
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(lent);
+            }
+        }
+    }
+}
+
 /// A connection taken from a [`Database`] for a transaction or several statements; it goes
 /// back when dropped. Dereferences to the `sqlx` connection, so `&mut *connection` is an
 /// executor.
 pub enum Connection {
-    Pooled(PoolConnection<Any>),
+    Pooled(LentConnection),
     Held(tokio::sync::OwnedMappedMutexGuard<Option<AnyConnection>, AnyConnection>),
 }
 
@@ -103,7 +193,7 @@ impl Deref for Connection {
     type Target = AnyConnection;
     fn deref(&self) -> &AnyConnection {
         match self {
-            Connection::Pooled(connection) => connection,
+            Connection::Pooled(connection) => lent(&connection.lent),
             Connection::Held(connection) => connection,
         }
     }
@@ -112,10 +202,18 @@ impl Deref for Connection {
 impl DerefMut for Connection {
     fn deref_mut(&mut self) -> &mut AnyConnection {
         match self {
-            Connection::Pooled(connection) => connection,
+            Connection::Pooled(connection) => lent_mut(&mut connection.lent),
             Connection::Held(connection) => connection,
         }
     }
+}
+
+fn lent(lent: &Option<Lent>) -> &AnyConnection {
+    &lent.as_ref().expect("lent until dropped").connection
+}
+
+fn lent_mut(lent: &mut Option<Lent>) -> &mut AnyConnection {
+    &mut lent.as_mut().expect("lent until dropped").connection
 }
 
 /// Why the database could not be opened.
@@ -194,13 +292,17 @@ impl Database {
             }
             Engine::Postgres => {
                 let pool = AnyPoolOptions::new()
-                    .max_connections(10)
+                    .max_connections(POSTGRES_CONNECTIONS as u32)
                     .acquire_timeout(CHECKOUT_TIMEOUT)
                     .connect(url)
                     .await
                     .map_err(connect_error)?;
                 migrator.run(&pool).await?;
-                Access::Pool(pool)
+                Access::Pool(Arc::new(Lender {
+                    pool,
+                    turns: Arc::new(tokio::sync::Semaphore::new(POSTGRES_CONNECTIONS)),
+                    idle: std::sync::Mutex::new(Vec::new()),
+                }))
             }
         };
         let writer = (engine == Engine::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
@@ -231,7 +333,7 @@ impl Database {
     /// for one to be free; for a single statement, pass `&database` as the executor instead.
     pub async fn connection(&self) -> Result<Connection, sqlx::Error> {
         match &self.access {
-            Access::Pool(pool) => pool.acquire().await.map(Connection::Pooled),
+            Access::Pool(lender) => lender.lend().await.map(Connection::Pooled),
             Access::Held(connection) => {
                 // Bounded like the pool's checkout, so a task that asks while it holds the
                 // connection (a bug) fails loudly instead of waiting forever.
@@ -262,7 +364,7 @@ impl Database {
     /// its current user is done. Queries afterwards fail with `PoolClosed`.
     pub async fn close(&self) {
         match &self.access {
-            Access::Pool(pool) => pool.close().await,
+            Access::Pool(lender) => lender.close().await,
             Access::Held(connection) => {
                 if let Some(connection) = connection.lock().await.take() {
                     if let Err(error) = connection.close().await {

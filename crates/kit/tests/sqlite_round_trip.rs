@@ -9,7 +9,8 @@
 //! trip to that thread), which `Database` avoids by holding its one connection outside the pool.
 //! The checkout runs about 69 statements per order, so these figures, times those counts, are the
 //! part of the checkout's CPU a different SQLite access path could save (docs/performance.md,
-//! fifth and sixth rounds). Run it the way a service runs, on one CPU:
+//! fifth and sixth rounds). Run it the way a service runs, on one CPU (with
+//! `BAZAAR_TEST_POSTGRES_URL` set, the PostgreSQL variant runs too):
 //!
 //! ```sh
 //! taskset -c 0 cargo test --release -p bazaar-kit --test sqlite_round_trip -- --ignored --nocapture
@@ -42,10 +43,26 @@ fn context_switches() -> u64 {
         .sum()
 }
 
+/// CPU time used so far by every PostgreSQL process on this machine (its backends rename
+/// themselves, but keep `postgres` as the command name).
+fn postgres_cpu() -> Duration {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    let ticks: u64 = processes
+        .filter_map(Result::ok)
+        .filter_map(|process| std::fs::read_to_string(process.path().join("stat")).ok())
+        .filter(|stat| stat.contains("(postgres)"))
+        .filter_map(|stat| bazaar_kit::process_cpu::stat_ticks(&stat))
+        .sum();
+    Duration::from_millis(ticks * 1000 / bazaar_kit::process_cpu::TICKS_PER_SECOND)
+}
+
 struct Sample {
     started: Instant,
     cpu: Duration,
     switches: u64,
+    postgres: Duration,
 }
 
 impl Sample {
@@ -54,6 +71,7 @@ impl Sample {
             started: Instant::now(),
             cpu: bazaar_kit::process_cpu::own(),
             switches: context_switches(),
+            postgres: postgres_cpu(),
         }
     }
 
@@ -70,6 +88,16 @@ impl Sample {
             elapsed.as_secs_f64() * 1e6 / STATEMENTS as f64,
             cpu.as_secs_f64() * 1e6 / STATEMENTS as f64,
             switches as f64 / STATEMENTS as f64,
+        );
+    }
+
+    /// The same, adding the PostgreSQL server's CPU time over the sample.
+    fn report_with_server(self, what: &str) {
+        let server = postgres_cpu() - self.postgres;
+        self.report(what);
+        println!(
+            "    and {:.1} µs of PostgreSQL's CPU per statement",
+            server.as_secs_f64() * 1e6 / STATEMENTS as f64
         );
     }
 }
@@ -138,6 +166,69 @@ async fn bench_sqlite_statement_round_trip() {
         insert_and_commit(pool.begin().await.expect("begin"), 2_000_000 + i).await;
     }
     sample.report("transactions (BEGIN, INSERT, COMMIT), through a sqlx pool");
+}
+
+/// The same on PostgreSQL (when `BAZAAR_TEST_POSTGRES_URL` is set): through `Database`, which
+/// lends its connections out of sqlx's pool between visits to it, on one connection held
+/// throughout, and through a sqlx pool as the services used it until the sixth round (whose
+/// pings, before each checkout and after each return, are network round trips).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+#[ignore = "benchmark: prints figures, asserts nothing about speed"]
+async fn bench_postgres_statement_round_trip() {
+    let Some(url) = bazaar_kit::storage::testing::fresh_postgres_database("round_trip").await
+    else {
+        return;
+    };
+    let db = Database::open(&url, &Migrator::DEFAULT)
+        .await
+        .expect("database");
+    sqlx::raw_sql(
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, value TEXT NOT NULL); \
+         INSERT INTO items (id, value) VALUES (1, 'one'), (2, 'two'), (3, 'three');",
+    )
+    .execute(&db)
+    .await
+    .expect("table");
+    let sample = Sample::start();
+    for i in 0..STATEMENTS {
+        lookup(&db, i).await;
+    }
+    sample.report_with_server("PostgreSQL: one statement, through `&Database`");
+    let sample = Sample::start();
+    for i in 0..STATEMENTS {
+        let mut connection = db.connection().await.expect("connection");
+        insert_and_commit(connection.begin().await.expect("begin"), 1_000 + i).await;
+    }
+    sample.report_with_server("PostgreSQL: transactions, through `Database::connection`");
+    let mut connection = db.connection().await.expect("connection");
+    let sample = Sample::start();
+    for i in 0..STATEMENTS {
+        lookup(&mut *connection, i).await;
+    }
+    sample.report_with_server("PostgreSQL: one statement, on one connection");
+    let sample = Sample::start();
+    for i in 0..STATEMENTS {
+        insert_and_commit(connection.begin().await.expect("begin"), 1_000_000 + i).await;
+    }
+    sample.report_with_server("PostgreSQL: transactions, on one connection");
+    drop(connection);
+    db.close().await;
+
+    let pool = AnyPoolOptions::new()
+        .max_connections(10)
+        .connect(&url)
+        .await
+        .expect("pool");
+    let sample = Sample::start();
+    for i in 0..STATEMENTS {
+        lookup(&pool, i).await;
+    }
+    sample.report_with_server("PostgreSQL: one statement, through a sqlx pool");
+    let sample = Sample::start();
+    for i in 0..STATEMENTS {
+        insert_and_commit(pool.begin().await.expect("begin"), 2_000_000 + i).await;
+    }
+    sample.report_with_server("PostgreSQL: transactions, through a sqlx pool");
 }
 
 /// Reads one of the three rows by primary key, as a service's lookup does.
