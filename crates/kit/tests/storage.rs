@@ -1,0 +1,154 @@
+//! `Database` outside sqlx's pool: SQLite's one held connection and PostgreSQL's lent ones
+//! serve statements and transactions, close for good, and (PostgreSQL) recover when the server
+//! drops every connection.
+
+use std::time::{Duration, Instant};
+
+use bazaar_kit::storage::testing::{fresh_postgres_database, sqlite_url};
+use bazaar_kit::storage::Database;
+use sqlx::migrate::Migrator;
+
+async fn open(url: &str) -> Database {
+    let db = Database::open(url, &Migrator::DEFAULT)
+        .await
+        .expect("database");
+    sqlx::query("CREATE TABLE notes (id BIGINT PRIMARY KEY, body TEXT NOT NULL)")
+        .execute(&db)
+        .await
+        .expect("table");
+    db
+}
+
+async fn count(db: &Database) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM notes")
+        .fetch_one(db)
+        .await
+        .expect("count")
+}
+
+/// Statements through `&Database` and transactions on `Database::connection` see each other's
+/// committed writes, a rolled-back transaction leaves nothing, and a closed database refuses
+/// work instead of hanging.
+async fn statements_transactions_and_close(db: Database) {
+    sqlx::query("INSERT INTO notes (id, body) VALUES (1, 'one')")
+        .execute(&db)
+        .await
+        .expect("insert");
+    {
+        let mut connection = db.connection().await.expect("connection");
+        let mut tx = connection.begin().await.expect("begin");
+        sqlx::query("INSERT INTO notes (id, body) VALUES (2, 'two')")
+            .execute(&mut *tx)
+            .await
+            .expect("insert in a transaction");
+        tx.commit().await.expect("commit");
+    }
+    {
+        let mut connection = db.connection().await.expect("connection");
+        let mut tx = connection.begin().await.expect("begin");
+        sqlx::query("INSERT INTO notes (id, body) VALUES (3, 'three')")
+            .execute(&mut *tx)
+            .await
+            .expect("insert in a transaction");
+        tx.rollback().await.expect("rollback");
+    }
+    {
+        // A transaction dropped without commit (a failed request) rolls back too.
+        let mut connection = db.connection().await.expect("connection");
+        let mut tx = connection.begin().await.expect("begin");
+        sqlx::query("INSERT INTO notes (id, body) VALUES (4, 'four')")
+            .execute(&mut *tx)
+            .await
+            .expect("insert in a transaction");
+    }
+    assert_eq!(count(&db).await, 2);
+    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM notes ORDER BY id")
+        .fetch_all(&db)
+        .await
+        .expect("rows");
+    assert_eq!(bodies, ["one", "two"]);
+
+    db.close().await;
+    let after = sqlx::query("SELECT 1").execute(&db).await;
+    assert!(
+        matches!(after, Err(sqlx::Error::PoolClosed)),
+        "a closed database refuses statements: {after:?}"
+    );
+    assert!(matches!(
+        db.connection().await.map(|_| ()),
+        Err(sqlx::Error::PoolClosed)
+    ));
+}
+
+#[tokio::test]
+async fn sqlite_statements_transactions_and_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    statements_transactions_and_close(open(&sqlite_url(dir.path(), "notes")).await).await;
+}
+
+#[tokio::test]
+async fn postgres_statements_transactions_and_close() {
+    let Some(url) = fresh_postgres_database("storage_close").await else {
+        return;
+    };
+    statements_transactions_and_close(open(&url).await).await;
+}
+
+/// Every connection the server drops (a restart, an administrator) is replaced: statements and
+/// transactions work again once the lent connections have gone back to sqlx's pool.
+#[tokio::test]
+async fn postgres_connections_the_server_dropped_are_replaced() {
+    let Some(url) = fresh_postgres_database("storage_dropped").await else {
+        return;
+    };
+    let db = open(&url).await;
+    // Several connections out at once, so more than one sits idle in the lender afterwards.
+    let held: Vec<_> = futures::future::join_all((0..4).map(|_| db.connection())).await;
+    drop(held);
+    assert_eq!(count(&db).await, 0);
+
+    let side = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("side connection");
+    let terminated: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+    )
+    .fetch_one(&side)
+    .await
+    .expect("terminate");
+    assert!(terminated >= 1, "the database's connections were dropped");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut failures = 0;
+    loop {
+        let statement = sqlx::query(
+            "INSERT INTO notes (id, body) VALUES (1000, 'after') ON CONFLICT (id) DO NOTHING",
+        )
+        .execute(&db)
+        .await;
+        let transaction = async {
+            let mut connection = db.connection().await?;
+            let mut tx = connection.begin().await?;
+            sqlx::query("UPDATE notes SET body = 'again' WHERE body = 'after'")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        if statement.is_ok() && transaction.is_ok() {
+            break;
+        }
+        failures += 1;
+        assert!(
+            Instant::now() < deadline,
+            "still failing after {failures} tries: {statement:?} {transaction:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count(&db).await, 1);
+    db.close().await;
+    side.close().await;
+}
