@@ -136,6 +136,7 @@ impl Repository {
                 // rolled back, so doing it again is safe.
                 Err(error) if attempt < MAX_ATTEMPTS && is_conflict(&error) => {
                     drop(tx);
+                    drop(connection);
                     backoff(attempt).await;
                 }
                 Err(error) => return Err(error.into()),
@@ -222,6 +223,7 @@ impl Repository {
                 }
                 Err(error) if attempt < MAX_ATTEMPTS && is_conflict(&error) => {
                     drop(tx);
+                    drop(connection);
                     backoff(attempt).await;
                 }
                 Err(error) => return Err(error.into()),

@@ -14,9 +14,8 @@
 //!   [`retry_conflicts`] because concurrent appends collide on the outbox sequence;
 //! - on SQLite the write transactions of this process take turns (kit's `Database::write_turn`):
 //!   SQLite has one writer at a time and makes the others poll with growing sleeps (its busy
-//!   handler waits up to 100 ms between tries), which under load cost far more than the writes
-//!   and held pool connections the reads needed; queued in memory, each write starts the moment
-//!   the previous one commits. PostgreSQL locks rows, so its writers run side by side.
+//!   handler waits up to 100 ms between tries), which under load cost far more than the writes;
+//!   queued in memory, each write starts the moment the previous one commits. PostgreSQL locks rows, so its writers run side by side.
 
 use std::collections::BTreeMap;
 

@@ -297,6 +297,7 @@ impl AuditLog {
                 Err(error) if attempts < 10 && crate::storage::is_conflict(&error) => {
                     attempts += 1;
                     drop(tx);
+                    drop(connection);
                     tokio::time::sleep(std::time::Duration::from_millis(2 * attempts)).await;
                 }
                 Err(error) => return Err(error),

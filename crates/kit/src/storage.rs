@@ -1,5 +1,6 @@
-//! Storage: one `sqlx` pool per service over the `Any` driver, so the same migrations and
-//! queries run on SQLite (the embedded default, in WAL mode) and PostgreSQL (scale-out).
+//! Storage: a service's database over `sqlx`'s `Any` driver, so the same migrations and
+//! queries run on SQLite (the embedded default, in WAL mode, one connection) and PostgreSQL
+//! (scale-out, connections lent out of a `sqlx` pool).
 //!
 //! Queries use `$1`-style placeholders, which both engines accept, and only portable types:
 //! `TEXT`, `BIGINT` (times as Unix milliseconds), `DOUBLE PRECISION`. A `BOOLEAN` column can be
@@ -93,23 +94,30 @@ const RECYCLE_AFTER: Duration = Duration::from_secs(1);
 /// PostgreSQL connections taken from `sqlx`'s pool and lent to one user at a time between
 /// visits to it.
 ///
-/// `sqlx` pings every connection returned to its pool (not configurable in sqlx 0.8): a network
-/// round trip per use that cost the service and the server as much as the statement it followed
-/// (`crates/kit/tests/sqlite_round_trip.rs`, PostgreSQL variant). Kept out of the pool, a
-/// connection serves use after use; every [`RECYCLE_AFTER`] it goes back (and is tested, and
-/// closed if broken) and a fresh one is taken, so a connection the server dropped fails for at
-/// most that long. What the ping also did, finish the work a cancelled query left behind, sqlx's
-/// PostgreSQL connection does itself before its next command.
+/// `sqlx` pings a connection before lending it and after it comes back (not configurable in
+/// sqlx 0.8): network round trips per use that cost the service and the server as much as the
+/// statement in between (`crates/kit/tests/sqlite_round_trip.rs`, PostgreSQL variant). Kept out
+/// of the pool, a connection serves use after use. At each checkout every idle connection taken
+/// [`RECYCLE_AFTER`] ago or earlier goes back (to be tested, and closed if broken, or closed by
+/// the pool's idle timeout once the service is quiet) and the checkout takes a fresh one, so a
+/// connection the server dropped fails for about that long at most.
+///
+/// The other thing sqlx's ping on return does, sending the `ROLLBACK` that a transaction
+/// dropped without commit left queued in the connection's buffer, must not wait for the
+/// connection's next use (its locks would be held meanwhile): such a connection goes straight
+/// back to the pool, whose ping sends it.
 #[derive(Debug)]
 struct Lender {
     pool: AnyPool,
     /// One permit per connection the pool may open: a checkout holds one, so a connection is
     /// always lent or idle here, or obtainable from the pool without waiting for this lender.
     turns: Arc<tokio::sync::Semaphore>,
-    idle: std::sync::Mutex<Vec<Lent>>,
+    /// The idle connections, most recently returned last; `None` once closed (checked and set
+    /// under this lock, so a connection cannot be put back after [`Lender::close`] emptied it).
+    idle: std::sync::Mutex<Option<Vec<Lent>>>,
 }
 
-/// A pool connection out of the pool, and when it was taken from it.
+/// A connection taken out of `sqlx`'s pool, and when it was taken.
 #[derive(Debug)]
 struct Lent {
     connection: PoolConnection<Any>,
@@ -117,24 +125,35 @@ struct Lent {
 }
 
 impl Lender {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Option<Vec<Lent>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn lend(self: &Arc<Self>) -> Result<LentConnection, sqlx::Error> {
         let turn = tokio::time::timeout(CHECKOUT_TIMEOUT, self.turns.clone().acquire_owned())
             .await
             .map_err(|_elapsed| sqlx::Error::PoolTimedOut)?
             .map_err(|_closed| sqlx::Error::PoolClosed)?;
-        // The most recently returned connection first: its buffers are warm.
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let lent = match idle {
-            Some(lent) if lent.taken.elapsed() < RECYCLE_AFTER => lent,
-            stale => {
-                // Back to the pool (which tests it) before asking the pool for one: it counts
-                // against the pool's size until then.
-                drop(stale);
-                Lent {
-                    connection: self.pool.acquire().await?,
-                    taken: std::time::Instant::now(),
-                }
-            }
+        let (fresh, stale) = {
+            let mut idle = self.idle();
+            let Some(idle) = idle.as_mut() else {
+                return Err(sqlx::Error::PoolClosed);
+            };
+            let stale: Vec<Lent> = idle
+                .extract_if(.., |lent| lent.taken.elapsed() >= RECYCLE_AFTER)
+                .collect();
+            // The most recently returned connection first: its buffers are warm.
+            (idle.pop(), stale)
+        };
+        // Back to the pool (which tests them) before asking it for one: they count against
+        // its size until then.
+        drop(stale);
+        let lent = match fresh {
+            Some(lent) => lent,
+            None => Lent {
+                connection: self.pool.acquire().await?,
+                taken: std::time::Instant::now(),
+            },
         };
         Ok(LentConnection {
             lent: Some(lent),
@@ -145,7 +164,7 @@ impl Lender {
 
     async fn close(&self) {
         self.turns.close();
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        let idle = self.idle().take();
         drop(idle);
         self.pool.close().await;
     }
@@ -161,14 +180,16 @@ pub struct LentConnection {
 
 impl Drop for LentConnection {
     fn drop(&mut self) {
-        if let Some(lent) = self.lent.take() {
-            if !self.lender.turns.is_closed() {
-                self.lender
-                    .idle
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(lent);
-            }
+        let Some(lent) = self.lent.take() else {
+            return;
+        };
+        // A transaction dropped without commit queued its ROLLBACK in the connection's buffer:
+        // the pool's ping sends it now (dropping the `Lent` returns it to the pool).
+        if sqlx::Connection::should_flush(&*lent.connection) {
+            return;
+        }
+        if let Some(idle) = self.lender.idle().as_mut() {
+            idle.push(lent);
         }
     }
 }
@@ -301,7 +322,7 @@ impl Database {
                 Access::Pool(Arc::new(Lender {
                     pool,
                     turns: Arc::new(tokio::sync::Semaphore::new(POSTGRES_CONNECTIONS)),
-                    idle: std::sync::Mutex::new(Vec::new()),
+                    idle: std::sync::Mutex::new(Some(Vec::new())),
                 }))
             }
         };
@@ -316,12 +337,14 @@ impl Database {
     /// Waits for this process's turn to write, on SQLite; held until dropped (on PostgreSQL,
     /// which locks rows, writers run side by side and this returns at once).
     ///
-    /// SQLite lets one writer in at a time. Left to itself, a transaction that read and then
-    /// wants to write while another writes fails with "database is locked" (and is run again)
-    /// or polls with growing sleeps, holding a pool connection meanwhile; under load that costs
-    /// far more than the writes. Queued here instead, each write transaction starts the moment
-    /// the previous one commits. Take it before beginning a write transaction and hold it to
-    /// the commit; never while holding it for another, so it cannot deadlock.
+    /// SQLite lets one writer in at a time. With several connections, a transaction that read
+    /// and then wanted to write while another wrote failed with "database is locked" (and ran
+    /// again) or polled with growing sleeps; queued here instead, each write transaction
+    /// started the moment the previous one committed. Since the one connection is held outside
+    /// a pool (see `Access::Held`), this process's transactions already run one at a time, so
+    /// the turn is an uncontended lock in front of the connection's; it still marks every write
+    /// path. Take it before the connection and hold it to the commit; never while holding the
+    /// connection or another turn, so it cannot deadlock.
     pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match &self.writer {
             Some(writer) => Some(writer.lock().await),

@@ -465,8 +465,8 @@ async fn start_feed_consumer(
 async fn outbox_commits_and_rolls_back_with_the_caller(url: String) {
     let db = open(&url).await;
     let outbox = Outbox::open(&db, PUBLISHER).await.expect("outbox");
-    // The same outbox seen from another pool: a SQLite pool has one connection, which the open
-    // transactions below hold.
+    // The same outbox seen through another `Database`: a SQLite database has one connection,
+    // which the open transactions below hold.
     let elsewhere = Outbox::open(&open(&url).await, PUBLISHER)
         .await
         .expect("outbox");
@@ -1410,8 +1410,8 @@ async fn nats_consumer_applies_once_across_restarts_and_downtime() {
         first_recorder.blocked.load(Ordering::SeqCst)
     })
     .await;
-    // Read through a pool of its own: the blocked handler holds its transaction, and on SQLite
-    // that is the consumer pool's only connection.
+    // Read through a `Database` of its own: the blocked handler holds its transaction, and on
+    // SQLite that is the consumer database's only connection.
     let rows = applied(&open(&consumer_url).await).await;
     assert_applied_once_in_order(&rows, &events[..4]);
     eventually("the lag gauge counts the events still to apply", || async {

@@ -4,9 +4,8 @@
 //!
 //! On SQLite the writes of this process take turns (kit's `Database::write_turn`): SQLite has one
 //! writer at a time and makes the others poll with growing sleeps (its busy handler waits up to
-//! 100 ms between tries), which under load cost far more than the writes themselves and held
-//! pool connections the reads needed. Queued in memory instead, each write starts the moment
-//! the previous one commits. PostgreSQL locks rows, so its writers run side by side.
+//! 100 ms between tries), which under load cost far more than the writes themselves. Queued in
+//! memory instead, each write starts the moment the previous one commits. PostgreSQL locks rows, so its writers run side by side.
 
 use bazaar_kit::group_commit::{BatchWrite, Queued};
 use bazaar_kit::storage::{now_ms, Database};
@@ -185,7 +184,7 @@ impl Repository {
         let outcome = bazaar_kit::storage::retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
             let mut connection = self.db.connection().await?;
-        let mut tx = connection.begin().await?;
+            let mut tx = connection.begin().await?;
             let inserted = sqlx::query(
                 "INSERT INTO orders (id, user_id, email, idempotency_key, status, status_reason, step, \
                  currency, subtotal_minor, shipping_minor, total_minor, address, lines, saga, card_token, \

@@ -10,9 +10,8 @@
 //!
 //! On SQLite the writes of this process take turns (kit's `Database::write_turn`): SQLite has one
 //! writer at a time and makes the others poll with growing sleeps (its busy handler waits up to
-//! 100 ms between tries), which under load cost far more than the writes and held pool
-//! connections the reads needed; queued in memory, each write starts the moment the previous
-//! one commits. PostgreSQL locks rows, so its writers run side by side.
+//! 100 ms between tries), which under load cost far more than the writes; queued in memory,
+//! each write starts the moment the previous one commits. PostgreSQL locks rows, so its writers run side by side.
 
 use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
 use bazaar_messaging::{NewEvent, Outbox};
