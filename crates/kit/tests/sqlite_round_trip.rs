@@ -75,12 +75,15 @@ impl Sample {
         }
     }
 
-    fn report(self, what: &str) {
+    /// Prints the figures per statement; with `with_server`, also the PostgreSQL server's CPU
+    /// time over the sample.
+    fn report(self, what: &str, with_server: bool) {
         let (elapsed, cpu) = (
             self.started.elapsed(),
             bazaar_kit::process_cpu::own() - self.cpu,
         );
         let switches = context_switches() - self.switches;
+        let server = postgres_cpu().saturating_sub(self.postgres);
         println!(
             "{what}: {STATEMENTS} statements in {:.0} ms, {:.1} µs wall and {:.1} µs CPU per \
              statement, {:.2} context switches per statement",
@@ -89,16 +92,12 @@ impl Sample {
             cpu.as_secs_f64() * 1e6 / STATEMENTS as f64,
             switches as f64 / STATEMENTS as f64,
         );
-    }
-
-    /// The same, adding the PostgreSQL server's CPU time over the sample.
-    fn report_with_server(self, what: &str) {
-        let server = postgres_cpu() - self.postgres;
-        self.report(what);
-        println!(
-            "    and {:.1} µs of PostgreSQL's CPU per statement",
-            server.as_secs_f64() * 1e6 / STATEMENTS as f64
-        );
+        if with_server {
+            println!(
+                "    and {:.1} µs of PostgreSQL's CPU per statement",
+                server.as_secs_f64() * 1e6 / STATEMENTS as f64
+            );
+        }
     }
 }
 
@@ -106,72 +105,17 @@ impl Sample {
 #[ignore = "benchmark: prints figures, asserts nothing about speed"]
 async fn bench_sqlite_statement_round_trip() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // The services' own settings: one connection, WAL, the same pragmas.
-    let db = Database::open(&sqlite_url(dir.path(), "bench"), &Migrator::DEFAULT)
-        .await
-        .expect("database");
-    sqlx::raw_sql(
-        "CREATE TABLE items (id BIGINT PRIMARY KEY, value TEXT NOT NULL); \
-         INSERT INTO items (id, value) VALUES (1, 'one'), (2, 'two'), (3, 'three');",
-    )
-    .execute(&db)
-    .await
-    .expect("table");
-
-    // As the services run them: a prepared lookup by primary key, and a write transaction
-    // (BEGIN, one insert, COMMIT), each taking the connection for itself.
-    let sample = Sample::start();
-    for i in 0..STATEMENTS {
-        lookup(&db, i).await;
-    }
-    sample.report("one statement per round trip, through `&Database`");
-    let sample = Sample::start();
-    for i in 0..STATEMENTS {
-        let mut connection = db.connection().await.expect("connection");
-        insert_and_commit(connection.begin().await.expect("begin"), 1_000 + i).await;
-    }
-    sample.report("transactions (BEGIN, INSERT, COMMIT), through `Database::connection`");
-
-    // The same on the one connection held throughout (no checkout per use).
-    let mut connection = db.connection().await.expect("connection");
-    let sample = Sample::start();
-    for i in 0..STATEMENTS {
-        lookup(&mut *connection, i).await;
-    }
-    sample.report("one statement per round trip, on one connection");
-    let sample = Sample::start();
-    for i in 0..STATEMENTS {
-        let tx = connection.begin().await.expect("begin");
-        insert_and_commit(tx, 1_000_000 + i).await;
-    }
-    sample.report("transactions (BEGIN, INSERT, COMMIT), on one connection");
-    drop(connection);
-    db.close().await;
-
-    // Through a sqlx pool of one connection with the services' former settings (no test
-    // before acquire; sqlx still pings every connection returned to it).
-    let pool = AnyPoolOptions::new()
+    // The former pool: one connection, no test before acquire (sqlx still pinged every
+    // connection returned to it).
+    let former_pool = AnyPoolOptions::new()
         .max_connections(1)
-        .test_before_acquire(false)
-        .connect(&sqlite_url(dir.path(), "bench"))
-        .await
-        .expect("pool");
-    let sample = Sample::start();
-    for i in 0..STATEMENTS {
-        lookup(&pool, i).await;
-    }
-    sample.report("one statement per round trip, through a sqlx pool");
-    let sample = Sample::start();
-    for i in 0..STATEMENTS {
-        insert_and_commit(pool.begin().await.expect("begin"), 2_000_000 + i).await;
-    }
-    sample.report("transactions (BEGIN, INSERT, COMMIT), through a sqlx pool");
+        .test_before_acquire(false);
+    compare_access_paths("SQLite", &sqlite_url(dir.path(), "bench"), former_pool).await;
 }
 
-/// The same on PostgreSQL (when `BAZAAR_TEST_POSTGRES_URL` is set): through `Database`, which
-/// lends its connections out of sqlx's pool between visits to it, on one connection held
-/// throughout, and through a sqlx pool as the services used it until the sixth round (whose
-/// pings, before each checkout and after each return, are network round trips).
+/// The same on PostgreSQL (when `BAZAAR_TEST_POSTGRES_URL` is set), where `Database` lends its
+/// connections out of sqlx's pool between visits to it, and the former pool's pings, before
+/// each checkout and after each return, were network round trips; the server's CPU is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 #[ignore = "benchmark: prints figures, asserts nothing about speed"]
 async fn bench_postgres_statement_round_trip() {
@@ -179,7 +123,24 @@ async fn bench_postgres_statement_round_trip() {
     else {
         return;
     };
-    let db = Database::open(&url, &Migrator::DEFAULT)
+    compare_access_paths(
+        "PostgreSQL",
+        &url,
+        AnyPoolOptions::new().max_connections(10),
+    )
+    .await;
+}
+
+/// A prepared lookup by primary key and a write transaction (BEGIN, one insert, COMMIT), each
+/// `STATEMENTS` times: as the services run them (`&Database`, `Database::connection`), on one
+/// connection held throughout (no checkout per use), and through a sqlx pool built with
+/// `former_pool`, as the services ran them until the sixth round.
+async fn compare_access_paths(engine: &str, url: &str, former_pool: AnyPoolOptions) {
+    let with_server = engine == "PostgreSQL";
+    let report =
+        |sample: Sample, what: &str| sample.report(&format!("{engine}: {what}"), with_server);
+    // The services' own settings (on SQLite: one connection, WAL, the same pragmas).
+    let db = Database::open(url, &Migrator::DEFAULT)
         .await
         .expect("database");
     sqlx::raw_sql(
@@ -189,46 +150,47 @@ async fn bench_postgres_statement_round_trip() {
     .execute(&db)
     .await
     .expect("table");
+
     let sample = Sample::start();
     for i in 0..STATEMENTS {
         lookup(&db, i).await;
     }
-    sample.report_with_server("PostgreSQL: one statement, through `&Database`");
+    report(sample, "one statement per round trip, through `&Database`");
     let sample = Sample::start();
     for i in 0..STATEMENTS {
         let mut connection = db.connection().await.expect("connection");
         insert_and_commit(connection.begin().await.expect("begin"), 1_000 + i).await;
     }
-    sample.report_with_server("PostgreSQL: transactions, through `Database::connection`");
+    report(sample, "transactions, through `Database::connection`");
+
     let mut connection = db.connection().await.expect("connection");
     let sample = Sample::start();
     for i in 0..STATEMENTS {
         lookup(&mut *connection, i).await;
     }
-    sample.report_with_server("PostgreSQL: one statement, on one connection");
+    report(sample, "one statement per round trip, on one connection");
     let sample = Sample::start();
     for i in 0..STATEMENTS {
         insert_and_commit(connection.begin().await.expect("begin"), 1_000_000 + i).await;
     }
-    sample.report_with_server("PostgreSQL: transactions, on one connection");
+    report(sample, "transactions, on one connection");
     drop(connection);
-    db.close().await;
 
-    let pool = AnyPoolOptions::new()
-        .max_connections(10)
-        .connect(&url)
-        .await
-        .expect("pool");
+    // `db` stays open until the end: on PostgreSQL, backends that exit during a sample would
+    // take their CPU time out of the server's total.
+    let pool = former_pool.connect(url).await.expect("pool");
     let sample = Sample::start();
     for i in 0..STATEMENTS {
         lookup(&pool, i).await;
     }
-    sample.report_with_server("PostgreSQL: one statement, through a sqlx pool");
+    report(sample, "one statement per round trip, through a sqlx pool");
     let sample = Sample::start();
     for i in 0..STATEMENTS {
         insert_and_commit(pool.begin().await.expect("begin"), 2_000_000 + i).await;
     }
-    sample.report_with_server("PostgreSQL: transactions, through a sqlx pool");
+    report(sample, "transactions, through a sqlx pool");
+    pool.close().await;
+    db.close().await;
 }
 
 /// Reads one of the three rows by primary key, as a service's lookup does.

@@ -19,6 +19,15 @@ async fn open(url: &str) -> Database {
     db
 }
 
+async fn insert<'e>(executor: impl sqlx::Executor<'e, Database = sqlx::Any>, id: i64, body: &str) {
+    sqlx::query("INSERT INTO notes (id, body) VALUES ($1, $2)")
+        .bind(id)
+        .bind(body)
+        .execute(executor)
+        .await
+        .expect("insert");
+}
+
 async fn count(db: &Database) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM notes")
         .fetch_one(db)
@@ -30,36 +39,24 @@ async fn count(db: &Database) -> i64 {
 /// committed writes, a rolled-back transaction leaves nothing, and a closed database refuses
 /// work instead of hanging.
 async fn statements_transactions_and_close(db: Database) {
-    sqlx::query("INSERT INTO notes (id, body) VALUES (1, 'one')")
-        .execute(&db)
-        .await
-        .expect("insert");
+    insert(&db, 1, "one").await;
     {
         let mut connection = db.connection().await.expect("connection");
         let mut tx = connection.begin().await.expect("begin");
-        sqlx::query("INSERT INTO notes (id, body) VALUES (2, 'two')")
-            .execute(&mut *tx)
-            .await
-            .expect("insert in a transaction");
+        insert(&mut *tx, 2, "two").await;
         tx.commit().await.expect("commit");
     }
     {
         let mut connection = db.connection().await.expect("connection");
         let mut tx = connection.begin().await.expect("begin");
-        sqlx::query("INSERT INTO notes (id, body) VALUES (3, 'three')")
-            .execute(&mut *tx)
-            .await
-            .expect("insert in a transaction");
+        insert(&mut *tx, 3, "three").await;
         tx.rollback().await.expect("rollback");
     }
     {
         // A transaction dropped without commit (a failed request) rolls back too.
         let mut connection = db.connection().await.expect("connection");
         let mut tx = connection.begin().await.expect("begin");
-        sqlx::query("INSERT INTO notes (id, body) VALUES (4, 'four')")
-            .execute(&mut *tx)
-            .await
-            .expect("insert in a transaction");
+        insert(&mut *tx, 4, "four").await;
     }
     assert_eq!(count(&db).await, 2);
     let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM notes ORDER BY id")
@@ -184,10 +181,7 @@ async fn postgres_transaction_dropped_without_commit_releases_its_locks() {
         return;
     };
     let db = open(&url).await;
-    sqlx::query("INSERT INTO notes (id, body) VALUES (1, 'one')")
-        .execute(&db)
-        .await
-        .expect("insert");
+    insert(&db, 1, "one").await;
     {
         let mut connection = db.connection().await.expect("connection");
         let mut tx = connection.begin().await.expect("begin");
