@@ -6,7 +6,6 @@
 
 use bazaar_messaging::{EventEnvelope, Handler, HandlerFuture};
 use serde::Deserialize;
-use sqlx::AnyConnection;
 
 use crate::model::Owner;
 use crate::repository;
@@ -35,7 +34,7 @@ pub struct OnOrderConfirmed;
 impl Handler for OnOrderConfirmed {
     fn handle<'a>(
         &'a self,
-        tx: &'a mut AnyConnection,
+        tx: &'a mut bazaar_kit::storage::Connection,
         event: &'a EventEnvelope,
     ) -> HandlerFuture<'a> {
         Box::pin(async move {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use crate::model::{Money, ProductSnapshot, StoredLine};
 
@@ -190,7 +190,7 @@ impl Repository {
 
 /// Commits when the work succeeded; otherwise drops `tx`, which rolls back.
 async fn finish<T>(
-    tx: sqlx::Transaction<'_, sqlx::Any>,
+    tx: bazaar_kit::storage::Transaction<'_>,
     outcome: Result<T, RepoError>,
 ) -> Result<Result<T, RepoError>, sqlx::Error> {
     if outcome.is_ok() {
@@ -200,7 +200,7 @@ async fn finish<T>(
 }
 
 async fn add_in(
-    tx: &mut AnyConnection,
+    tx: &mut bazaar_kit::storage::Connection,
     owner: &str,
     product_id: &str,
     quantity: i64,
@@ -230,7 +230,7 @@ async fn add_in(
 }
 
 async fn set_in(
-    tx: &mut AnyConnection,
+    tx: &mut bazaar_kit::storage::Connection,
     owner: &str,
     product_id: &str,
     quantity: i64,
@@ -254,7 +254,7 @@ async fn set_in(
 }
 
 async fn merge_in(
-    tx: &mut AnyConnection,
+    tx: &mut bazaar_kit::storage::Connection,
     from: &str,
     into: &str,
     limits: Limits,
@@ -296,7 +296,7 @@ async fn merge_in(
 /// Removes the ordered quantities from the cart `owner` (a line reaching 0 is deleted; a
 /// product no longer in the cart is skipped), on the consumer's connection.
 pub async fn remove_ordered(
-    tx: &mut AnyConnection,
+    tx: &mut bazaar_kit::storage::Connection,
     owner: &str,
     lines: &[(String, i64)],
 ) -> Result<(), sqlx::Error> {
@@ -343,7 +343,7 @@ pub async fn remove_ordered(
 
 /// Creates the cart row if needed and bumps `updated_at`: the transaction's first write, which
 /// serializes writers of one cart (see the module documentation).
-async fn touch(tx: &mut AnyConnection, owner: &str) -> Result<(), sqlx::Error> {
+async fn touch(tx: &mut bazaar_kit::storage::Connection, owner: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO carts (owner, created_at, updated_at) VALUES ($1, $2, $3) \
          ON CONFLICT (owner) DO UPDATE SET updated_at = excluded.updated_at",
@@ -380,7 +380,10 @@ fn fits(
     Ok(())
 }
 
-async fn lines_in(tx: &mut AnyConnection, owner: &str) -> Result<Vec<StoredLine>, sqlx::Error> {
+async fn lines_in(
+    tx: &mut bazaar_kit::storage::Connection,
+    owner: &str,
+) -> Result<Vec<StoredLine>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT {LINE_SELECT} FROM cart_lines WHERE owner = $1 ORDER BY added_at, product_id"
     ))
@@ -391,7 +394,7 @@ async fn lines_in(tx: &mut AnyConnection, owner: &str) -> Result<Vec<StoredLine>
 }
 
 async fn insert_line(
-    tx: &mut AnyConnection,
+    tx: &mut bazaar_kit::storage::Connection,
     owner: &str,
     product_id: &str,
     quantity: i64,
@@ -422,7 +425,7 @@ async fn insert_line(
 
 /// Sets a line's quantity, and its snapshot when a fresh one is given.
 async fn update_line(
-    tx: &mut AnyConnection,
+    tx: &mut bazaar_kit::storage::Connection,
     owner: &str,
     product_id: &str,
     quantity: i64,

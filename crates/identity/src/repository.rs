@@ -11,7 +11,7 @@
 
 use bazaar_kit::storage::{now_ms, Database};
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use crate::model::{
     KeyState, NewUser, StoredClient, StoredCode, StoredKey, StoredRefresh, StoredSession,
@@ -685,7 +685,7 @@ impl Repository {
     /// the access tokens in multi-row inserts, then the refresh tokens. Returns the driver's
     /// error as is, so the caller can tell a conflict (retry the batch) from a failure.
     pub async fn record_issued_in(
-        connection: &mut AnyConnection,
+        connection: &mut bazaar_kit::storage::Connection,
         access: &[&IssuedAccess],
         refresh: &[&IssuedRefresh],
     ) -> Result<(), sqlx::Error> {

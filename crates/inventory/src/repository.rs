@@ -24,7 +24,7 @@ use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
 use bazaar_messaging::{NewEvent, Outbox};
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use crate::geo::haversine_km;
 use crate::model::{
@@ -428,7 +428,7 @@ impl Repository {
     /// may have been taken by then: the caller rolls back).
     async fn allocate(
         &self,
-        connection: &mut AnyConnection,
+        connection: &mut bazaar_kit::storage::Connection,
         index: usize,
         line: &LineInput,
         destination: Point,
@@ -704,7 +704,7 @@ impl Repository {
     /// units; the events to publish.
     async fn expire_in(
         &self,
-        connection: &mut AnyConnection,
+        connection: &mut bazaar_kit::storage::Connection,
         key: &str,
         now: i64,
     ) -> Result<Vec<NewEvent>, sqlx::Error> {
@@ -730,7 +730,7 @@ impl Repository {
     /// back above the threshold is re-armed).
     async fn return_units(
         &self,
-        connection: &mut AnyConnection,
+        connection: &mut bazaar_kit::storage::Connection,
         key: &str,
         reason: &str,
         now: i64,
@@ -964,7 +964,7 @@ impl Repository {
     /// below the threshold and it was not low yet, and re-arms it once back at or above.
     async fn check_low(
         &self,
-        connection: &mut AnyConnection,
+        connection: &mut bazaar_kit::storage::Connection,
         product_id: &str,
         warehouse_id: &str,
     ) -> Result<Option<NewEvent>, sqlx::Error> {
@@ -1006,7 +1006,7 @@ impl Repository {
     /// Appends `events` to the outbox in the caller's transaction; whether there were any.
     async fn append(
         &self,
-        connection: &mut AnyConnection,
+        connection: &mut bazaar_kit::storage::Connection,
         events: Vec<NewEvent>,
     ) -> Result<bool, sqlx::Error> {
         let any = !events.is_empty();
@@ -1032,7 +1032,7 @@ const ALLOCATION_COLUMNS: &str =
 
 /// The guarded update of an adjustment: applies only if on hand stays at or above reserved.
 async fn apply_delta(
-    connection: &mut AnyConnection,
+    connection: &mut bazaar_kit::storage::Connection,
     product_id: &str,
     warehouse_id: &str,
     delta: i64,
@@ -1053,7 +1053,7 @@ async fn apply_delta(
 }
 
 async fn stock_rows(
-    connection: &mut AnyConnection,
+    connection: &mut bazaar_kit::storage::Connection,
     product_id: &str,
 ) -> Result<Vec<StockRow>, sqlx::Error> {
     let rows = sqlx::query(
@@ -1077,7 +1077,7 @@ async fn stock_rows(
 }
 
 async fn read_reservation(
-    connection: &mut AnyConnection,
+    connection: &mut bazaar_kit::storage::Connection,
     key: &str,
 ) -> Result<Option<Reservation>, sqlx::Error> {
     // The reservation and its allocations in one statement (one round trip, not two): a row

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::context;
@@ -310,7 +310,7 @@ impl AuditLog {
     /// then rolls back and may be retried.
     pub async fn append_in(
         &self,
-        connection: &mut AnyConnection,
+        connection: &mut crate::storage::Connection,
         event: AuditEvent,
     ) -> Result<AuditRecord, sqlx::Error> {
         let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")

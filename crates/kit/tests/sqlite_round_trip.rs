@@ -159,19 +159,23 @@ async fn compare_access_paths(engine: &str, url: &str, former_pool: AnyPoolOptio
     let sample = Sample::start();
     for i in 0..STATEMENTS {
         let mut connection = db.connection().await.expect("connection");
-        insert_and_commit(connection.begin().await.expect("begin"), 1_000 + i).await;
+        let mut tx = connection.begin().await.expect("begin");
+        insert(&mut *tx, 1_000 + i).await;
+        tx.commit().await.expect("commit");
     }
     report(sample, "transactions, through `Database::connection`");
 
     let mut connection = db.connection().await.expect("connection");
     let sample = Sample::start();
     for i in 0..STATEMENTS {
-        lookup(&mut *connection, i).await;
+        lookup(&mut connection, i).await;
     }
     report(sample, "one statement per round trip, on one connection");
     let sample = Sample::start();
     for i in 0..STATEMENTS {
-        insert_and_commit(connection.begin().await.expect("begin"), 1_000_000 + i).await;
+        let mut tx = connection.begin().await.expect("begin");
+        insert(&mut *tx, 1_000_000 + i).await;
+        tx.commit().await.expect("commit");
     }
     report(sample, "transactions, on one connection");
     drop(connection);
@@ -186,7 +190,9 @@ async fn compare_access_paths(engine: &str, url: &str, former_pool: AnyPoolOptio
     report(sample, "one statement per round trip, through a sqlx pool");
     let sample = Sample::start();
     for i in 0..STATEMENTS {
-        insert_and_commit(pool.begin().await.expect("begin"), 2_000_000 + i).await;
+        let mut tx = pool.begin().await.expect("begin");
+        insert(&mut *tx, 2_000_000 + i).await;
+        tx.commit().await.expect("commit");
     }
     report(sample, "transactions, through a sqlx pool");
     pool.close().await;
@@ -203,12 +209,11 @@ async fn lookup<'e>(executor: impl sqlx::Executor<'e, Database = sqlx::Any>, i: 
     assert!(value.is_some());
 }
 
-/// Inserts a row in `tx` and commits it.
-async fn insert_and_commit(mut tx: sqlx::Transaction<'_, sqlx::Any>, id: usize) {
+/// Inserts a row (in the caller's transaction).
+async fn insert<'e>(executor: impl sqlx::Executor<'e, Database = sqlx::Any>, id: usize) {
     sqlx::query("INSERT INTO items (id, value) VALUES ($1, 'new')")
         .bind(id as i64)
-        .execute(&mut *tx)
+        .execute(executor)
         .await
         .expect("insert");
-    tx.commit().await.expect("commit");
 }

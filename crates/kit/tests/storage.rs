@@ -1,6 +1,7 @@
-//! `Database` outside sqlx's pool: SQLite's one held connection and PostgreSQL's lent ones
-//! serve statements and transactions, close for good, and (PostgreSQL) recover when the server
-//! drops every connection and release the locks of a transaction dropped without commit.
+//! `Database` outside sqlx's pool: SQLite's one held connection (run on the calling thread) and
+//! PostgreSQL's lent ones serve statements and transactions, read and write values alike, report
+//! constraint violations alike, close for good, and (PostgreSQL) recover when the server drops
+//! every connection and release the locks of a transaction dropped without commit.
 
 use std::time::{Duration, Instant};
 
@@ -93,6 +94,132 @@ async fn postgres_statements_transactions_and_close() {
 
 /// Every connection the server drops (a restart, an administrator) is replaced: statements and
 /// transactions work again once the lent connections have gone back to sqlx's pool.
+/// What the services rely on, the same on both engines: `$n` placeholders bind the n-th
+/// argument wherever and however often they appear; integers, reals, text, nulls and blobs come
+/// back as written; `fetch_optional` takes the first row; a duplicate key is a unique violation
+/// that `is_conflict` recognises; a text of several statements runs them all.
+async fn values_placeholders_and_errors(db: Database) {
+    sqlx::query(
+        "CREATE TABLE kinds (id BIGINT PRIMARY KEY, label TEXT, amount DOUBLE PRECISION, \
+         data BYTEA_OR_BLOB, copy TEXT)"
+            .replace(
+                "BYTEA_OR_BLOB",
+                match db.engine() {
+                    bazaar_kit::storage::Engine::Sqlite => "BLOB",
+                    bazaar_kit::storage::Engine::Postgres => "BYTEA",
+                },
+            )
+            .as_str(),
+    )
+    .execute(&db)
+    .await
+    .expect("table");
+    // `$2` before `$1`, and `$2` twice.
+    let written = sqlx::query(
+        "INSERT INTO kinds (label, id, amount, data, copy) VALUES ($2, $1, $3, $4, $2)",
+    )
+    .bind(7_i64)
+    .bind("seven ✓")
+    .bind(2.5_f64)
+    .bind(vec![0_u8, 255, 1])
+    .execute(&db)
+    .await
+    .expect("insert");
+    assert_eq!(written.rows_affected(), 1);
+    sqlx::query(
+        "INSERT INTO kinds (id, label, amount, data, copy) VALUES ($1, NULL, NULL, NULL, NULL)",
+    )
+    .bind(8_i64)
+    .execute(&db)
+    .await
+    .expect("insert nulls");
+
+    let row: (i64, String, f64, Vec<u8>, String) =
+        sqlx::query_as("SELECT id, label, amount, data, copy FROM kinds WHERE id = $1")
+            .bind(7_i64)
+            .fetch_one(&db)
+            .await
+            .expect("row");
+    assert_eq!(
+        row,
+        (7, "seven ✓".into(), 2.5, vec![0, 255, 1], "seven ✓".into())
+    );
+    let nulls: (Option<String>, Option<f64>, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT label, amount, data FROM kinds WHERE id = 8")
+            .fetch_one(&db)
+            .await
+            .expect("nulls");
+    assert_eq!(nulls, (None, None, None));
+    let by_name: String = sqlx::Row::get(
+        &sqlx::query("SELECT copy AS duplicate FROM kinds WHERE id = 7")
+            .fetch_one(&db)
+            .await
+            .expect("named"),
+        "duplicate",
+    );
+    assert_eq!(by_name, "seven ✓");
+    let first: Option<i64> = sqlx::query_scalar("SELECT id FROM kinds ORDER BY id DESC")
+        .fetch_optional(&db)
+        .await
+        .expect("first");
+    assert_eq!(first, Some(8));
+    let none: Option<i64> = sqlx::query_scalar("SELECT id FROM kinds WHERE id = 99")
+        .fetch_optional(&db)
+        .await
+        .expect("none");
+    assert_eq!(none, None);
+    let missing = sqlx::query("SELECT id FROM kinds WHERE id = 99")
+        .fetch_one(&db)
+        .await
+        .map(|_| ());
+    assert!(
+        matches!(missing, Err(sqlx::Error::RowNotFound)),
+        "{missing:?}"
+    );
+
+    let duplicate = sqlx::query("INSERT INTO kinds (id) VALUES (7)")
+        .execute(&db)
+        .await
+        .expect_err("duplicate key");
+    match &duplicate {
+        sqlx::Error::Database(error) => assert!(error.is_unique_violation(), "{error}"),
+        other => panic!("a database error, not {other:?}"),
+    }
+    assert!(bazaar_kit::storage::is_conflict(&duplicate));
+    let bad = sqlx::query("SELECT no_such_column FROM kinds")
+        .fetch_all(&db)
+        .await
+        .map(|rows| rows.len())
+        .expect_err("unknown column");
+    assert!(matches!(bad, sqlx::Error::Database(_)), "{bad:?}");
+
+    sqlx::raw_sql("INSERT INTO kinds (id) VALUES (20); INSERT INTO kinds (id) VALUES (21);")
+        .execute(&db)
+        .await
+        .expect("two statements");
+    let updated = sqlx::query("UPDATE kinds SET copy = 'x' WHERE id >= $1")
+        .bind(20_i64)
+        .execute(&db)
+        .await
+        .expect("update");
+    assert_eq!(updated.rows_affected(), 2);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_values_placeholders_and_errors() {
+    let dir = tempfile::tempdir().expect("dir");
+    values_placeholders_and_errors(open(&sqlite_url(dir.path(), "kinds")).await).await;
+}
+
+#[tokio::test]
+async fn postgres_values_placeholders_and_errors() {
+    let Some(url) = fresh_postgres_database("kinds").await else {
+        return;
+    };
+    values_placeholders_and_errors(open(&url).await).await;
+}
+
 #[tokio::test]
 async fn postgres_connections_the_server_dropped_are_replaced() {
     let Some(url) = fresh_postgres_database("storage_dropped").await else {

@@ -34,7 +34,6 @@ use std::time::Duration;
 
 use bazaar_kit::context::{self, RequestContext};
 use bazaar_kit::storage::{is_conflict, now_ms, retry_conflicts, Database};
-use sqlx::AnyConnection;
 
 use crate::envelope::EventEnvelope;
 
@@ -80,7 +79,7 @@ pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError
 pub trait Handler: Send + Sync + 'static {
     fn handle<'a>(
         &'a self,
-        tx: &'a mut AnyConnection,
+        tx: &'a mut bazaar_kit::storage::Connection,
         event: &'a EventEnvelope,
     ) -> HandlerFuture<'a>;
 }
@@ -318,7 +317,7 @@ async fn apply_once(
 /// Records every event of the batch in the inbox with one statement; returns the ids it had not
 /// seen, which are the ones to apply.
 async fn record_in_inbox(
-    tx: &mut AnyConnection,
+    tx: &mut bazaar_kit::storage::Connection,
     group: &str,
     events: &[EventEnvelope],
     now: i64,

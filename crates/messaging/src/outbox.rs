@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use bazaar_kit::storage::{now_ms, retry_conflicts, Database, Engine};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use tokio::sync::Notify;
 
 use crate::envelope::{EventEnvelope, NewEvent};
@@ -69,7 +69,7 @@ impl Outbox {
     /// PostgreSQL may pick it as a deadlock victim).
     pub async fn append_in(
         &self,
-        connection: &mut AnyConnection,
+        connection: &mut bazaar_kit::storage::Connection,
         event: NewEvent,
     ) -> Result<EventEnvelope, sqlx::Error> {
         let mut envelope = EventEnvelope {

@@ -40,7 +40,7 @@ use bazaar_messaging::{
 };
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
@@ -210,7 +210,7 @@ impl Recorder {
 impl Handler for Recorder {
     fn handle<'a>(
         &'a self,
-        tx: &'a mut AnyConnection,
+        tx: &'a mut bazaar_kit::storage::Connection,
         event: &'a EventEnvelope,
     ) -> HandlerFuture<'a> {
         Box::pin(async move {
@@ -1740,7 +1740,7 @@ struct Sink;
 impl Handler for Sink {
     fn handle<'a>(
         &'a self,
-        tx: &'a mut AnyConnection,
+        tx: &'a mut bazaar_kit::storage::Connection,
         event: &'a EventEnvelope,
     ) -> HandlerFuture<'a> {
         Box::pin(async move {

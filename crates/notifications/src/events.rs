@@ -5,7 +5,6 @@
 //! inbox, and the mailbox is unique on `event_id` besides: a redelivered event writes nothing.
 
 use bazaar_messaging::{EventEnvelope, Handler, HandlerFuture};
-use sqlx::AnyConnection;
 
 use crate::messages::{compose, Outcome};
 use crate::repository;
@@ -20,7 +19,7 @@ pub struct Mailer;
 impl Handler for Mailer {
     fn handle<'a>(
         &'a self,
-        tx: &'a mut AnyConnection,
+        tx: &'a mut bazaar_kit::storage::Connection,
         event: &'a EventEnvelope,
     ) -> HandlerFuture<'a> {
         Box::pin(async move {

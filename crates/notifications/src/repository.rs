@@ -7,7 +7,7 @@
 
 use bazaar_kit::storage::{now_ms, Database};
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use crate::messages::Message;
 
@@ -109,7 +109,7 @@ impl Repository {
 /// the inbox still writes nothing). Without an address in the message, the user's last known
 /// one is used, looked up in the insert itself (a statement fewer per email).
 pub async fn write_email(
-    tx: &mut AnyConnection,
+    tx: &mut bazaar_kit::storage::Connection,
     event_id: &str,
     event_type: &str,
     message: &Message,
@@ -137,7 +137,7 @@ pub async fn write_email(
 
 /// Remembers `email` as the address of `user_id`, on the consumer's connection.
 pub async fn remember_address(
-    tx: &mut AnyConnection,
+    tx: &mut bazaar_kit::storage::Connection,
     user_id: &str,
     email: &str,
 ) -> Result<(), sqlx::Error> {

@@ -11,7 +11,7 @@ use bazaar_kit::group_commit::{BatchWrite, Queued};
 use bazaar_kit::storage::{now_ms, Database};
 use bazaar_messaging::{NewEvent, Outbox};
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use crate::model::{Address, HistoryEntry, Money, Order, OrderLine, SagaState};
 
@@ -425,7 +425,7 @@ impl Repository {
 /// of two statements per step. Each statement costs a round trip (to SQLite's connection
 /// thread, or to PostgreSQL), which is what a group commit of many steps is for saving.
 async fn record_steps_in(
-    tx: &mut AnyConnection,
+    tx: &mut bazaar_kit::storage::Connection,
     outbox: &Outbox,
     steps: &[&StepRecord],
     now: i64,
@@ -519,7 +519,7 @@ fn placeholders(rows: usize, columns: usize, first: usize) -> String {
 /// offsets 0, 1, 2…): one statement, however many rows, and no read first. Both engines
 /// evaluate the `MAX` against the table as it was before the statement.
 async fn insert_histories(
-    tx: &mut AnyConnection,
+    tx: &mut bazaar_kit::storage::Connection,
     entries: &[(&str, i64, &HistoryEntry)],
 ) -> Result<(), sqlx::Error> {
     let values = placeholders(entries.len(), 6, 1);

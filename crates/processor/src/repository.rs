@@ -9,7 +9,7 @@
 
 use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use crate::model::{Authorization, Card, InvalidTransition, Outcome, State, Transition};
 
@@ -149,7 +149,7 @@ impl Repository {
 
     /// What was answered under `key`, if it was used.
     pub async fn stored_response(&self, key: &str) -> Result<Option<StoredResponse>, RepoError> {
-        Ok(stored_response(&mut *self.db.connection().await?, key).await?)
+        Ok(stored_response(&mut self.db.connection().await?, key).await?)
     }
 
     /// Records `authorization` and, in the same transaction, `key` with the answer (`status`
@@ -355,7 +355,7 @@ impl Repository {
 }
 
 async fn insert_key(
-    connection: &mut AnyConnection,
+    connection: &mut bazaar_kit::storage::Connection,
     key: &str,
     fingerprint: &str,
     status: u16,
@@ -376,7 +376,7 @@ async fn insert_key(
 }
 
 async fn stored_response(
-    connection: &mut AnyConnection,
+    connection: &mut bazaar_kit::storage::Connection,
     key: &str,
 ) -> Result<Option<StoredResponse>, sqlx::Error> {
     let row = sqlx::query(
@@ -399,7 +399,7 @@ async fn stored_response(
 /// The answer stored under `key`, read after our insert of it lost (so it is committed), on the
 /// connection whose transaction lost (the database has no other on SQLite).
 async fn existing(
-    connection: &mut AnyConnection,
+    connection: &mut bazaar_kit::storage::Connection,
     key: &str,
 ) -> Result<StoredResponse, sqlx::Error> {
     stored_response(connection, key)

@@ -11,7 +11,7 @@
 use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
 use bazaar_messaging::{NewEvent, Outbox};
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use crate::model::{
     events, rfc3339, status, HistoryEntry, Money, ParcelInput, Shipment, ShipmentCreated,
@@ -143,7 +143,7 @@ impl Repository {
             let existing: String =
                 sqlx::query_scalar("SELECT id FROM shipments WHERE order_id = $1")
                     .bind(&new.order_id)
-                    .fetch_one(&mut *connection)
+                    .fetch_one(&mut connection)
                     .await?;
             return Ok(Created::Existing(existing));
         }
@@ -359,7 +359,7 @@ impl Repository {
 }
 
 async fn insert_history(
-    connection: &mut AnyConnection,
+    connection: &mut bazaar_kit::storage::Connection,
     shipment_id: &str,
     position: i64,
     status: &str,

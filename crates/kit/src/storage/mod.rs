@@ -16,13 +16,18 @@ use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryFutureExt, TryStreamExt};
 use sqlx::any::{
-    AnyConnectOptions, AnyPoolOptions, AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo,
+    AnyConnectOptions, AnyPoolOptions, AnyQueryResult, AnyRow, AnyStatement, AnyTransactionManager,
+    AnyTypeInfo,
 };
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::{
-    Any, AnyConnection, AnyPool, ConnectOptions, Connection as _, Either, Executor, Transaction,
+    Any, AnyConnection, AnyPool, ConnectOptions, Connection as _, Either, Executor,
+    TransactionManager,
 };
+
+mod sqlite;
+use sqlite::Sqlite;
 
 /// Which engine a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +86,7 @@ enum Access {
     ///
     /// Taken in turn (tokio's mutex is fair: first come, first served); `None` once
     /// [closed](Database::close).
-    Held(Arc<tokio::sync::Mutex<Option<AnyConnection>>>),
+    Held(Arc<tokio::sync::Mutex<Option<Sqlite>>>),
 }
 
 /// Connections per PostgreSQL database: ten services' pools fill the server's default 100.
@@ -195,42 +200,125 @@ impl Drop for LentConnection {
 }
 
 /// A connection taken from a [`Database`] for a transaction or several statements; it goes
-/// back when dropped. Dereferences to the `sqlx` connection, so `&mut *connection` is an
-/// executor.
-pub enum Connection {
+/// back when dropped. `&mut connection` is an executor; [`Connection::begin`] starts a
+/// [`Transaction`].
+pub struct Connection {
+    inner: Inner,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let engine = match self.inner {
+            Inner::Pooled(_) => Engine::Postgres,
+            Inner::Held(_) => Engine::Sqlite,
+        };
+        f.debug_struct("Connection")
+            .field("engine", &engine)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Inner {
     Pooled(LentConnection),
-    Held(tokio::sync::OwnedMappedMutexGuard<Option<AnyConnection>, AnyConnection>),
+    Held(tokio::sync::OwnedMappedMutexGuard<Option<Sqlite>, Sqlite>),
 }
 
 impl Connection {
-    /// Begins a transaction on this connection (`sqlx::Connection::begin`, without importing
-    /// the trait at every call site).
-    pub async fn begin(&mut self) -> Result<Transaction<'_, Any>, sqlx::Error> {
-        (**self).begin().await
+    /// Begins a transaction on this connection; it rolls back if dropped uncommitted.
+    pub async fn begin(&mut self) -> Result<Transaction<'_>, sqlx::Error> {
+        match &mut self.inner {
+            Inner::Pooled(connection) => {
+                AnyTransactionManager::begin(lent_mut(&mut connection.lent), None).await?
+            }
+            Inner::Held(sqlite) => sqlite.command("BEGIN")?,
+        }
+        Ok(Transaction {
+            connection: self,
+            open: true,
+        })
+    }
+
+    /// Runs `query` on SQLite, here and now, keeping at most `max_rows` rows.
+    fn run_sqlite<'q, E>(
+        sqlite: &mut Sqlite,
+        mut query: E,
+        max_rows: usize,
+    ) -> Result<Vec<Either<AnyQueryResult, AnyRow>>, sqlx::Error>
+    where
+        E: 'q + sqlx::Execute<'q, Any>,
+    {
+        let sql = query.sql();
+        let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
+        sqlite.run(sql, arguments, max_rows)
     }
 }
 
-impl Deref for Connection {
-    type Target = AnyConnection;
-    fn deref(&self) -> &AnyConnection {
-        match self {
-            Connection::Pooled(connection) => lent(&connection.lent),
-            Connection::Held(connection) => connection,
+/// A transaction on a [`Connection`]: dereferences to it, so `&mut *transaction` is an
+/// executor. Rolled back when dropped without [`Transaction::commit`].
+pub struct Transaction<'c> {
+    connection: &'c mut Connection,
+    open: bool,
+}
+
+impl Transaction<'_> {
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        match &mut self.connection.inner {
+            Inner::Pooled(connection) => {
+                AnyTransactionManager::commit(lent_mut(&mut connection.lent)).await?
+            }
+            Inner::Held(sqlite) => sqlite.command("COMMIT")?,
+        }
+        self.open = false;
+        Ok(())
+    }
+
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        match &mut self.connection.inner {
+            Inner::Pooled(connection) => {
+                AnyTransactionManager::rollback(lent_mut(&mut connection.lent)).await?
+            }
+            Inner::Held(sqlite) => sqlite.command("ROLLBACK")?,
+        }
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        match &mut self.connection.inner {
+            // Queues the ROLLBACK in the connection's buffer, as sqlx's own transaction does:
+            // the lender sends such a connection back to the pool, whose ping sends it.
+            Inner::Pooled(connection) => {
+                AnyTransactionManager::start_rollback(lent_mut(&mut connection.lent))
+            }
+            // A local call, so done at once. If it fails (the connection is broken), SQLite
+            // has already rolled back.
+            Inner::Held(sqlite) => {
+                if sqlite.in_transaction() {
+                    if let Err(error) = sqlite.command("ROLLBACK") {
+                        tracing::warn!(%error, "rolling back a dropped transaction");
+                    }
+                }
+            }
         }
     }
 }
 
-impl DerefMut for Connection {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        match self {
-            Connection::Pooled(connection) => lent_mut(&mut connection.lent),
-            Connection::Held(connection) => connection,
-        }
+impl Deref for Transaction<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.connection
     }
 }
 
-fn lent(lent: &Option<Lent>) -> &AnyConnection {
-    &lent.as_ref().expect("lent until dropped").connection
+impl DerefMut for Transaction<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.connection
+    }
 }
 
 fn lent_mut(lent: &mut Option<Lent>) -> &mut AnyConnection {
@@ -293,22 +381,28 @@ impl Database {
         };
         let access = match engine {
             Engine::Sqlite => {
-                let mut connection = AnyConnectOptions::from_str(url)
+                let path = sqlite_path(url).ok_or_else(|| {
+                    StorageError::Url(format!(
+                        "`{}` names no file: in-memory SQLite databases are not supported",
+                        redact(url)
+                    ))
+                })?;
+                // sqlx creates the file (honouring the URL's options) and migrates it, then
+                // the connection the service uses opens it (see [`sqlite`]).
+                let mut migrating = AnyConnectOptions::from_str(url)
                     .map_err(connect_error)?
                     .connect()
                     .await
                     .map_err(connect_error)?;
                 // WAL lets readers in other processes (`bazaar reconcile`) proceed during a
-                // write; busy_timeout makes a writer in another process wait instead of
-                // failing; NORMAL sync is durable across process crashes.
-                connection
-                    .execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
-                         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-                    )
+                // write, and is kept in the file.
+                migrating
+                    .execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")
                     .await
                     .map_err(connect_error)?;
-                migrator.run_direct(&mut connection).await?;
+                migrator.run_direct(&mut migrating).await?;
+                migrating.close().await.map_err(connect_error)?;
+                let connection = Sqlite::open(&path).map_err(connect_error)?;
                 Access::Held(Arc::new(tokio::sync::Mutex::new(Some(connection))))
             }
             Engine::Postgres => {
@@ -356,7 +450,9 @@ impl Database {
     /// for one to be free; for a single statement, pass `&database` as the executor instead.
     pub async fn connection(&self) -> Result<Connection, sqlx::Error> {
         match &self.access {
-            Access::Pool(lender) => lender.lend().await.map(Connection::Pooled),
+            Access::Pool(lender) => lender.lend().await.map(|lent| Connection {
+                inner: Inner::Pooled(lent),
+            }),
             Access::Held(connection) => {
                 // Bounded like the pool's checkout, so a task that asks while it holds the
                 // connection (a bug) fails loudly instead of waiting forever.
@@ -364,7 +460,9 @@ impl Database {
                     .await
                     .map_err(|_elapsed| sqlx::Error::PoolTimedOut)?;
                 tokio::sync::OwnedMutexGuard::try_map(held, Option::as_mut)
-                    .map(Connection::Held)
+                    .map(|held| Connection {
+                        inner: Inner::Held(held),
+                    })
                     .map_err(|_closed| sqlx::Error::PoolClosed)
             }
         }
@@ -388,15 +486,123 @@ impl Database {
     pub async fn close(&self) {
         match &self.access {
             Access::Pool(lender) => lender.close().await,
-            Access::Held(connection) => {
-                if let Some(connection) = connection.lock().await.take() {
-                    if let Err(error) = connection.close().await {
-                        tracing::warn!(%error, "closing the database");
-                    }
-                }
+            // Dropping the connection closes it (rusqlite finalizes its statements first).
+            Access::Held(connection) => drop(connection.lock().await.take()),
+        }
+    }
+}
+
+/// `&mut connection` runs statements on that connection: PostgreSQL's through `sqlx`, SQLite's
+/// on the calling thread (see [`sqlite`]), each when the returned future is first polled.
+impl<'c> Executor<'c> for &'c mut Connection {
+    type Database = Any;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, Any>,
+    {
+        match &mut self.inner {
+            Inner::Pooled(connection) => lent_mut(&mut connection.lent).fetch_many(query),
+            Inner::Held(sqlite) => {
+                stream::once(async move { Connection::run_sqlite(sqlite, query, usize::MAX) })
+                    .map_ok(|results| stream::iter(results.into_iter().map(Ok)))
+                    .try_flatten()
+                    .boxed()
             }
         }
     }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, Any>,
+    {
+        match &mut self.inner {
+            Inner::Pooled(connection) => lent_mut(&mut connection.lent).fetch_optional(query),
+            Inner::Held(sqlite) => Box::pin(async move {
+                let results = Connection::run_sqlite(sqlite, query, 1)?;
+                Ok(results.into_iter().find_map(Either::right))
+            }),
+        }
+    }
+
+    fn execute<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<AnyQueryResult, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, Any>,
+    {
+        match &mut self.inner {
+            Inner::Pooled(connection) => lent_mut(&mut connection.lent).execute(query),
+            Inner::Held(sqlite) => Box::pin(async move {
+                let results = Connection::run_sqlite(sqlite, query, usize::MAX)?;
+                Ok(results.into_iter().filter_map(Either::left).fold(
+                    AnyQueryResult::default(),
+                    |mut total, result| {
+                        total.extend(Some(result));
+                        total
+                    },
+                ))
+            }),
+        }
+    }
+
+    fn fetch_all<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Vec<AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, Any>,
+    {
+        match &mut self.inner {
+            Inner::Pooled(connection) => lent_mut(&mut connection.lent).fetch_all(query),
+            Inner::Held(sqlite) => Box::pin(async move {
+                let results = Connection::run_sqlite(sqlite, query, usize::MAX)?;
+                Ok(results.into_iter().filter_map(Either::right).collect())
+            }),
+        }
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [AnyTypeInfo],
+    ) -> BoxFuture<'e, Result<AnyStatement<'q>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        match &mut self.inner {
+            Inner::Pooled(connection) => {
+                lent_mut(&mut connection.lent).prepare_with(sql, parameters)
+            }
+            Inner::Held(_) => Box::pin(async { Err(unsupported_on_sqlite("prepare")) }),
+        }
+    }
+
+    fn describe<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+    ) -> BoxFuture<'e, Result<sqlx::Describe<Any>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        match &mut self.inner {
+            Inner::Pooled(connection) => lent_mut(&mut connection.lent).describe(sql),
+            Inner::Held(_) => Box::pin(async { Err(unsupported_on_sqlite("describe")) }),
+        }
+    }
+}
+
+/// Statements are prepared and cached by the SQLite connection itself; nothing in bazaar
+/// prepares or describes one by hand.
+fn unsupported_on_sqlite(what: &str) -> sqlx::Error {
+    sqlx::Error::Protocol(format!(
+        "{what} is not offered on the embedded SQLite connection"
+    ))
 }
 
 /// `&database` runs a single statement, on a connection taken for that statement alone (like
@@ -416,7 +622,10 @@ impl<'d> Executor<'d> for &'d Database {
         // held the connection would keep it from every other statement until fully read.
         self.connection()
             .and_then(|mut connection| async move {
-                connection.fetch_many(query).try_collect::<Vec<_>>().await
+                (&mut connection)
+                    .fetch_many(query)
+                    .try_collect::<Vec<_>>()
+                    .await
             })
             .map_ok(|results| stream::iter(results.into_iter().map(Ok)))
             .try_flatten_stream()
@@ -431,7 +640,7 @@ impl<'d> Executor<'d> for &'d Database {
         'd: 'e,
         E: 'q + sqlx::Execute<'q, Any>,
     {
-        Box::pin(async move { self.connection().await?.fetch_optional(query).await })
+        Box::pin(async move { (&mut self.connection().await?).fetch_optional(query).await })
     }
 
     fn execute<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<AnyQueryResult, sqlx::Error>>
@@ -439,7 +648,7 @@ impl<'d> Executor<'d> for &'d Database {
         'd: 'e,
         E: 'q + sqlx::Execute<'q, Any>,
     {
-        Box::pin(async move { self.connection().await?.execute(query).await })
+        Box::pin(async move { (&mut self.connection().await?).execute(query).await })
     }
 
     fn fetch_all<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Vec<AnyRow>, sqlx::Error>>
@@ -447,7 +656,7 @@ impl<'d> Executor<'d> for &'d Database {
         'd: 'e,
         E: 'q + sqlx::Execute<'q, Any>,
     {
-        Box::pin(async move { self.connection().await?.fetch_all(query).await })
+        Box::pin(async move { (&mut self.connection().await?).fetch_all(query).await })
     }
 
     fn prepare_with<'e, 'q: 'e>(
@@ -458,7 +667,11 @@ impl<'d> Executor<'d> for &'d Database {
     where
         'd: 'e,
     {
-        Box::pin(async move { self.connection().await?.prepare_with(sql, parameters).await })
+        Box::pin(async move {
+            (&mut self.connection().await?)
+                .prepare_with(sql, parameters)
+                .await
+        })
     }
 
     fn describe<'e, 'q: 'e>(
@@ -468,7 +681,7 @@ impl<'d> Executor<'d> for &'d Database {
     where
         'd: 'e,
     {
-        Box::pin(async move { self.connection().await?.describe(sql).await })
+        Box::pin(async move { (&mut self.connection().await?).describe(sql).await })
     }
 }
 
