@@ -1,15 +1,16 @@
 //! Benchmark (ignored by default; prints figures, asserts nothing about speed): what a SQL
 //! statement and a write transaction cost on the embedded profile's SQLite path: as the
-//! services run them (`fetch_optional(&db)`, `db.connection()` then `begin()`), through a
-//! `sqlx` pool of one connection (as they ran them until the sixth round), and on a connection
-//! held throughout.
+//! services run them (`fetch_optional(&db)`, `db.connection()` then `begin()`), on a connection
+//! held throughout, and through a `sqlx` pool of one connection (as they ran them until the
+//! sixth round).
 //!
-//! Every statement is a message to the thread sqlx runs the connection on and a wake-up back;
-//! every pool checkout adds sqlx's test of the connection on its release (a ping: one more round
-//! trip to that thread), which `Database` avoids by holding its one connection outside the pool.
-//! The checkout runs about 69 statements per order, so these figures, times those counts, are the
-//! part of the checkout's CPU a different SQLite access path could save (docs/performance.md,
-//! fifth and sixth rounds). Run it the way a service runs, on one CPU (with
+//! Through `sqlx`'s SQLite driver every statement is a message to the thread it runs the
+//! connection on and a wake-up back, and every pool checkout adds sqlx's test of the connection
+//! on its release (a ping: one more round trip to that thread). `Database` holds its one
+//! connection outside the pool (sixth round) and runs its statements on the calling thread
+//! (seventh round). The checkout runs about 69 statements per order, so these figures, times
+//! those counts, are the part of the checkout's CPU the access path decides
+//! (docs/performance.md). Run it the way a service runs, on one CPU (with
 //! `BAZAAR_TEST_POSTGRES_URL` set, the PostgreSQL variant runs too):
 //!
 //! ```sh

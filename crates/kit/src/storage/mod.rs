@@ -1,6 +1,8 @@
-//! Storage: a service's database over `sqlx`'s `Any` driver, so the same migrations and
-//! queries run on SQLite (the embedded default, in WAL mode, one connection) and PostgreSQL
-//! (scale-out, connections lent out of a `sqlx` pool).
+//! Storage: a service's database, queried with `sqlx` over its `Any` types, so the same
+//! migrations and queries run on SQLite (the embedded default, in WAL mode, one connection run
+//! on the calling thread by [`sqlite`]) and PostgreSQL (scale-out, `sqlx`'s driver, connections
+//! lent out of a `sqlx` pool). [`Connection`] and [`Transaction`] are this module's own, so that
+//! one executor type serves both engines.
 //!
 //! Queries use `$1`-style placeholders, which both engines accept, and only portable types:
 //! `TEXT`, `BIGINT` (times as Unix milliseconds), `DOUBLE PRECISION`. A `BOOLEAN` column can be
@@ -77,12 +79,12 @@ enum Access {
     /// and a service pinned to one CPU (`bazaar up`) gained nothing from running statements on
     /// several threads: a checkout took about 9% less CPU with one (docs/performance.md).
     ///
-    /// That connection is held outside `sqlx`'s pool, behind an async mutex: the pool pings every
-    /// connection returned to it (not configurable in sqlx 0.8), a round trip to SQLite's worker
-    /// thread per checkout that cost as much CPU as the statement it followed
-    /// (`crates/kit/tests/sqlite_round_trip.rs`). Code must therefore never query the database
-    /// while it holds a transaction or a [`Connection`]: with one connection it would wait for
-    /// itself until the checkout times out.
+    /// That connection is held behind an async mutex, not in `sqlx`'s pool (whose ping of every
+    /// connection returned to it cost as much CPU as the statement it followed), and runs its
+    /// statements on the thread that calls it, not on a thread of its own as `sqlx`'s driver
+    /// does (see [`sqlite`]; `crates/kit/tests/sqlite_round_trip.rs` measures both). Code must
+    /// never query the database while it holds a transaction or a [`Connection`]: with one
+    /// connection it would wait for itself until the checkout times out.
     ///
     /// Taken in turn (tokio's mutex is fair: first come, first served); `None` once
     /// [closed](Database::close).
