@@ -19,6 +19,12 @@ mod shop;
 mod status;
 mod supervisor;
 
+/// Every bazaar process allocates through mimalloc: a checkout makes thousands of small,
+/// short-lived allocations (JSON bodies, headers, rows), and glibc's malloc and free took about
+/// 9% of the services' CPU under the checkout benchmark (docs/performance.md, seventh round).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
