@@ -92,8 +92,6 @@ async fn postgres_statements_transactions_and_close() {
     statements_transactions_and_close(open(&url).await).await;
 }
 
-/// Every connection the server drops (a restart, an administrator) is replaced: statements and
-/// transactions work again once the lent connections have gone back to sqlx's pool.
 /// What the services rely on, the same on both engines: `$n` placeholders bind the n-th
 /// argument wherever and however often they appear; integers, reals, text, nulls and blobs come
 /// back as written; `fetch_optional` takes the first row; a duplicate key is a unique violation
@@ -220,6 +218,128 @@ async fn postgres_values_placeholders_and_errors() {
     values_placeholders_and_errors(open(&url).await).await;
 }
 
+/// A transaction begun inside another is a savepoint on both engines: rolling it back keeps
+/// the outer transaction's work, committing it leaves the outer one to decide; statements that
+/// opt out of the statement cache (`persistent(false)`) run like any other.
+async fn nested_transactions_and_uncached_statements(db: Database) {
+    {
+        let mut connection = db.connection().await.expect("connection");
+        let mut outer = connection.begin().await.expect("begin");
+        insert(&mut *outer, 1, "outer").await;
+        {
+            let mut inner = outer.begin().await.expect("savepoint");
+            insert(&mut *inner, 2, "rolled back").await;
+            inner.rollback().await.expect("rollback to savepoint");
+        }
+        {
+            let mut inner = outer.begin().await.expect("savepoint");
+            insert(&mut *inner, 3, "kept").await;
+            inner.commit().await.expect("release savepoint");
+        }
+        {
+            // Dropped without commit: rolled back to its savepoint.
+            let mut inner = outer.begin().await.expect("savepoint");
+            insert(&mut *inner, 4, "dropped").await;
+        }
+        outer.commit().await.expect("commit");
+    }
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM notes ORDER BY id")
+        .persistent(false)
+        .fetch_all(&db)
+        .await
+        .expect("ids");
+    assert_eq!(ids, [1, 3]);
+    {
+        let mut connection = db.connection().await.expect("connection");
+        let mut outer = connection.begin().await.expect("begin");
+        insert(&mut *outer, 5, "outer, rolled back").await;
+        let mut inner = outer.begin().await.expect("savepoint");
+        insert(&mut *inner, 6, "inner, committed").await;
+        inner.commit().await.expect("release savepoint");
+        outer.rollback().await.expect("rollback");
+    }
+    assert_eq!(
+        count(&db).await,
+        2,
+        "the outer rollback undoes the inner commit"
+    );
+    db.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_nested_transactions_and_uncached_statements() {
+    let dir = tempfile::tempdir().expect("dir");
+    nested_transactions_and_uncached_statements(open(&sqlite_url(dir.path(), "nested")).await)
+        .await;
+}
+
+#[tokio::test]
+async fn postgres_nested_transactions_and_uncached_statements() {
+    let Some(url) = fresh_postgres_database("nested").await else {
+        return;
+    };
+    nested_transactions_and_uncached_statements(open(&url).await).await;
+}
+
+/// On SQLite, as through sqlx's SQLite driver: a column declared `BOOLEAN` cannot be read
+/// (the `Any` types have no room for it there; select `CASE WHEN flag THEN 1 ELSE 0 END`), a
+/// placeholder without a value is NULL, and `?` placeholders take the values in order.
+#[tokio::test]
+async fn sqlite_reads_and_binds_as_sqlx_did() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = open(&sqlite_url(dir.path(), "like_sqlx")).await;
+    sqlx::query("CREATE TABLE flags (id BIGINT PRIMARY KEY, flag BOOLEAN NOT NULL, note TEXT)")
+        .execute(&db)
+        .await
+        .expect("table");
+    sqlx::query("INSERT INTO flags (id, flag, note) VALUES (?, ?, $3)")
+        .bind(1_i64)
+        .bind(true)
+        .execute(&db)
+        .await
+        .expect("insert with an unbound $3");
+    let flag = sqlx::query("SELECT flag FROM flags")
+        .fetch_one(&db)
+        .await
+        .map(|_| ());
+    assert!(
+        matches!(&flag, Err(sqlx::Error::ColumnDecode { index, .. }) if index == "flag"),
+        "{flag:?}"
+    );
+    let row: (i64, i64, Option<String>) =
+        sqlx::query_as("SELECT id, CASE WHEN flag THEN 1 ELSE 0 END AS flag, note FROM flags")
+            .fetch_one(&db)
+            .await
+            .expect("flag as a number");
+    assert_eq!(row, (1, 1, None));
+    db.close().await;
+}
+
+/// On SQLite, a transaction left open on the one connection (a `BEGIN` sent outside
+/// `Transaction`) is rolled back at the next checkout instead of swallowing its statements.
+#[tokio::test]
+async fn sqlite_transaction_left_open_is_rolled_back_at_the_next_checkout() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = open(&sqlite_url(dir.path(), "left_open")).await;
+    {
+        let mut connection = db.connection().await.expect("connection");
+        sqlx::query("BEGIN")
+            .execute(&mut connection)
+            .await
+            .expect("begin");
+        insert(&mut connection, 1, "never committed").await;
+    }
+    insert(&db, 2, "committed").await;
+    assert_eq!(
+        count(&db).await,
+        1,
+        "only the statement after the checkout counts"
+    );
+    db.close().await;
+}
+
+/// Every connection the server drops (a restart, an administrator) is replaced: statements and
+/// transactions work again once the lent connections have gone back to sqlx's pool.
 #[tokio::test]
 async fn postgres_connections_the_server_dropped_are_replaced() {
     let Some(url) = fresh_postgres_database("storage_dropped").await else {

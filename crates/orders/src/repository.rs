@@ -422,8 +422,9 @@ impl Repository {
 
 /// Writes `steps` (of distinct orders) in `tx`: one `UPDATE … FROM (VALUES …) RETURNING` for
 /// all the orders whose claim still holds and one multi-row insert for their history, instead
-/// of two statements per step. Each statement costs a round trip (to SQLite's connection
-/// thread, or to PostgreSQL), which is what a group commit of many steps is for saving.
+/// of two statements per step. Each statement costs a round trip to PostgreSQL, or on SQLite
+/// its own parse-or-cache lookup and b-tree work, which is what a group commit of many steps
+/// is for saving.
 async fn record_steps_in(
     tx: &mut bazaar_kit::storage::Connection,
     outbox: &Outbox,

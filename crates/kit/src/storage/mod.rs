@@ -232,7 +232,7 @@ impl Connection {
             Inner::Pooled(connection) => {
                 AnyTransactionManager::begin(lent_mut(&mut connection.lent), None).await?
             }
-            Inner::Held(sqlite) => sqlite.command("BEGIN")?,
+            Inner::Held(sqlite) => sqlite.begin()?,
         }
         Ok(Transaction {
             connection: self,
@@ -250,8 +250,9 @@ impl Connection {
         E: 'q + sqlx::Execute<'q, Any>,
     {
         let sql = query.sql();
+        let persistent = query.persistent();
         let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
-        sqlite.run(sql, arguments, max_rows)
+        sqlite.run(sql, arguments, persistent, max_rows)
     }
 }
 
@@ -268,7 +269,7 @@ impl Transaction<'_> {
             Inner::Pooled(connection) => {
                 AnyTransactionManager::commit(lent_mut(&mut connection.lent)).await?
             }
-            Inner::Held(sqlite) => sqlite.command("COMMIT")?,
+            Inner::Held(sqlite) => sqlite.commit()?,
         }
         self.open = false;
         Ok(())
@@ -279,7 +280,7 @@ impl Transaction<'_> {
             Inner::Pooled(connection) => {
                 AnyTransactionManager::rollback(lent_mut(&mut connection.lent)).await?
             }
-            Inner::Held(sqlite) => sqlite.command("ROLLBACK")?,
+            Inner::Held(sqlite) => sqlite.rollback()?,
         }
         self.open = false;
         Ok(())
@@ -297,13 +298,11 @@ impl Drop for Transaction<'_> {
             Inner::Pooled(connection) => {
                 AnyTransactionManager::start_rollback(lent_mut(&mut connection.lent))
             }
-            // A local call, so done at once. If it fails (the connection is broken), SQLite
-            // has already rolled back.
+            // A local call, so done at once. If it fails, the next checkout rolls back what is
+            // left open (see `Database::connection`).
             Inner::Held(sqlite) => {
-                if sqlite.in_transaction() {
-                    if let Err(error) = sqlite.command("ROLLBACK") {
-                        tracing::warn!(%error, "rolling back a dropped transaction");
-                    }
+                if let Err(error) = sqlite.rollback() {
+                    tracing::warn!(%error, "rolling back a dropped transaction");
                 }
             }
         }
@@ -383,12 +382,12 @@ impl Database {
         };
         let access = match engine {
             Engine::Sqlite => {
-                let path = sqlite_path(url).ok_or_else(|| {
-                    StorageError::Url(format!(
+                if sqlite_path(url).is_none() {
+                    return Err(StorageError::Url(format!(
                         "`{}` names no file: in-memory SQLite databases are not supported",
                         redact(url)
-                    ))
-                })?;
+                    )));
+                }
                 // sqlx creates the file (honouring the URL's options) and migrates it, then
                 // the connection the service uses opens it (see [`sqlite`]).
                 let mut migrating = AnyConnectOptions::from_str(url)
@@ -404,7 +403,12 @@ impl Database {
                     .map_err(connect_error)?;
                 migrator.run_direct(&mut migrating).await?;
                 migrating.close().await.map_err(connect_error)?;
-                let connection = Sqlite::open(&path).map_err(connect_error)?;
+                // The file sqlx opened (it decodes the URL's path).
+                let file = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                    .map_err(connect_error)?
+                    .get_filename()
+                    .to_owned();
+                let connection = Sqlite::open(&file).map_err(connect_error)?;
                 Access::Held(Arc::new(tokio::sync::Mutex::new(Some(connection))))
             }
             Engine::Postgres => {
@@ -461,11 +465,19 @@ impl Database {
                 let held = tokio::time::timeout(CHECKOUT_TIMEOUT, connection.clone().lock_owned())
                     .await
                     .map_err(|_elapsed| sqlx::Error::PoolTimedOut)?;
-                tokio::sync::OwnedMutexGuard::try_map(held, Option::as_mut)
-                    .map(|held| Connection {
-                        inner: Inner::Held(held),
-                    })
-                    .map_err(|_closed| sqlx::Error::PoolClosed)
+                let mut held = tokio::sync::OwnedMutexGuard::try_map(held, Option::as_mut)
+                    .map_err(|_closed| sqlx::Error::PoolClosed)?;
+                // A transaction the last user left open (a `BEGIN` outside `Transaction`, or a
+                // rollback that failed) must not swallow this user's statements.
+                if held.in_transaction() {
+                    tracing::warn!("rolling back a transaction left open on the connection");
+                    while held.in_transaction() {
+                        held.rollback()?;
+                    }
+                }
+                Ok(Connection {
+                    inner: Inner::Held(held),
+                })
             }
         }
     }

@@ -12,11 +12,13 @@
 //!
 //! Queries stay `sqlx::query(...)` with `$n` placeholders and `AnyRow` results, so call sites
 //! and the PostgreSQL profile are unchanged: this module takes a query's SQL and arguments,
-//! binds them as `sqlx`'s SQLite driver does (`$n` / `?n` name the n-th argument, others take
-//! the next one), and builds `AnyRow`s the way that driver's `Any` mapping does (an integer as
-//! `BIGINT`, a real as `DOUBLE`, text, blob or null, decided by the value, not the column).
-//! Those row types' fields are public but hidden in `sqlx-core`'s docs, which is why
-//! `sqlx-core` is pinned to sqlx's exact version.
+//! binds them by the rules of `sqlx`'s SQLite driver (`$n` / `?n` name the n-th argument, a bare
+//! `?` takes the next, a placeholder without a value is NULL), honours `.persistent(false)`, and
+//! builds `AnyRow`s the way that driver's `Any` mapping does (a value's type decided by the
+//! value: integer as `BIGINT`, real as `DOUBLE`, text, blob or null; a column declared with a
+//! type `Any` cannot hold, such as `BOOLEAN`, refused). `crates/kit/tests/storage.rs` holds both
+//! engines to the same results. Those row types' fields are public but hidden in `sqlx-core`'s
+//! docs, which is why `sqlx-core` is pinned to sqlx's exact version.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -36,8 +38,11 @@ const STATEMENT_CACHE: usize = 256;
 /// One SQLite connection, used from one task at a time.
 pub(super) struct Sqlite {
     connection: rusqlite::Connection,
-    /// Column names and positions per query text, shared by every row that query returns.
+    /// Column names and positions per cached query text, shared by every row that query
+    /// returns; emptied when it holds as many texts as the statement cache.
     columns: std::collections::HashMap<Box<str>, Arc<Columns>>,
+    /// Savepoints open inside the current transaction (a transaction begun inside another).
+    savepoints: usize,
 }
 
 impl std::fmt::Debug for Sqlite {
@@ -61,9 +66,12 @@ impl Sqlite {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(into_sqlx)?;
-        // busy_timeout makes a writer in another process (`bazaar` commands, a second
-        // instance) wait instead of failing; NORMAL sync in WAL mode is durable across process
-        // crashes; WAL itself is a property of the file, set when it was created.
+        // busy_timeout makes a writer wait for a writer in another process instead of failing;
+        // that wait blocks the service's thread (statements run on it), but only another
+        // instance of the same service on the same file writes to it (`bazaar up` runs one;
+        // `bazaar` commands only read), for microseconds per transaction. NORMAL sync in WAL
+        // mode is durable across process crashes; WAL itself is a property of the file, set
+        // when it was created.
         connection
             .execute_batch(
                 "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; \
@@ -74,15 +82,20 @@ impl Sqlite {
         Ok(Self {
             connection,
             columns: std::collections::HashMap::new(),
+            savepoints: 0,
         })
     }
 
-    /// Runs `sql` with `arguments` and returns what `sqlx`'s `fetch_many` would: each row (the
-    /// first `max_rows` of them) and, after each statement's rows, its result.
+    /// Runs `sql` with `arguments` and returns what `sqlx`'s `fetch_many` would: each
+    /// statement's rows and then its result, stopping once `max_rows` rows are gathered (like
+    /// sqlx's `fetch_optional`, the rest is not run). `persistent` statements (sqlx's default)
+    /// are prepared once and kept; others (`.persistent(false)`: texts that vary with their
+    /// input) are prepared for this run only.
     pub(super) fn run(
         &mut self,
         sql: &str,
         arguments: Option<AnyArguments<'_>>,
+        persistent: bool,
         max_rows: usize,
     ) -> Result<Vec<Either<AnyQueryResult, AnyRow>>, sqlx::Error> {
         let values = arguments
@@ -92,42 +105,87 @@ impl Sqlite {
         if may_hold_several_statements(sql) {
             // Set-up scripts and the like: each statement in turn, none of them cached.
             let mut batch = rusqlite::Batch::new(&self.connection, sql);
-            let mut next_value = 0;
+            let mut unnamed_bound = 0;
             while let Some(mut statement) = batch.next().map_err(into_sqlx)? {
-                next_value = bind(&mut statement, &values, next_value)?;
-                let columns = Arc::new(Columns::of(&statement));
-                read(&mut statement, &columns, max_rows, &mut results)?;
-                results.push(Either::Left(self.outcome()));
+                unnamed_bound += bind(&mut statement, &values, unnamed_bound)?;
+                let columns = Arc::new(Columns::of(&statement)?);
+                let finished = read(&mut statement, &columns, max_rows, &mut results)?;
+                results.push(Either::Left(outcome(&self.connection)));
+                if !finished {
+                    break;
+                }
             }
+            return Ok(results);
+        }
+        if !persistent {
+            let mut statement = self.connection.prepare(sql).map_err(into_sqlx)?;
+            bind(&mut statement, &values, 0)?;
+            let columns = Arc::new(Columns::of(&statement)?);
+            read(&mut statement, &columns, max_rows, &mut results)?;
+            results.push(Either::Left(outcome(&self.connection)));
             return Ok(results);
         }
         let mut statement = self.connection.prepare_cached(sql).map_err(into_sqlx)?;
         bind(&mut statement, &values, 0)?;
+        // The cached columns are those of the same text, checked against the statement's count
+        // (SQLite prepares a statement again by itself if the schema changed, and bazaar changes
+        // schemas only when it opens the database).
         let columns = match self.columns.get(sql) {
-            Some(columns) => columns.clone(),
-            None => {
-                let columns = Arc::new(Columns::of(&statement));
+            Some(columns) if columns.columns.len() == statement.column_count() => columns.clone(),
+            _ => {
+                let columns = Arc::new(Columns::of(&statement)?);
+                if self.columns.len() >= STATEMENT_CACHE {
+                    self.columns.clear();
+                }
                 self.columns.insert(sql.into(), columns.clone());
                 columns
             }
         };
         read(&mut statement, &columns, max_rows, &mut results)?;
-        drop(statement);
-        results.push(Either::Left(self.outcome()));
+        results.push(Either::Left(outcome(&self.connection)));
         Ok(results)
     }
 
-    /// The result of the statement that just finished. As in sqlx: the changes of the last
-    /// INSERT, UPDATE or DELETE, which for a SELECT is whatever ran before it.
-    fn outcome(&self) -> AnyQueryResult {
-        AnyQueryResult {
-            rows_affected: self.connection.changes(),
-            last_insert_id: Some(self.connection.last_insert_rowid()),
+    /// Begins a transaction, or a savepoint inside the one open (as sqlx does when a
+    /// transaction begins another).
+    pub(super) fn begin(&mut self) -> Result<(), sqlx::Error> {
+        if !self.in_transaction() {
+            self.savepoints = 0;
+            return self.command("BEGIN");
         }
+        self.savepoints += 1;
+        self.command(&format!("SAVEPOINT bazaar_{}", self.savepoints))
     }
 
-    /// Runs a statement without arguments or rows (`BEGIN`, `COMMIT`, `ROLLBACK`).
-    pub(super) fn command(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+    /// Commits the innermost transaction or savepoint.
+    pub(super) fn commit(&mut self) -> Result<(), sqlx::Error> {
+        if self.savepoints == 0 {
+            return self.command("COMMIT");
+        }
+        self.command(&format!("RELEASE SAVEPOINT bazaar_{}", self.savepoints))?;
+        self.savepoints -= 1;
+        Ok(())
+    }
+
+    /// Rolls the innermost transaction or savepoint back; nothing to do if SQLite already
+    /// rolled the whole transaction back (after some errors, such as a full disk, it does).
+    pub(super) fn rollback(&mut self) -> Result<(), sqlx::Error> {
+        if !self.in_transaction() {
+            self.savepoints = 0;
+            return Ok(());
+        }
+        if self.savepoints == 0 {
+            return self.command("ROLLBACK");
+        }
+        let savepoint = self.savepoints;
+        self.command(&format!(
+            "ROLLBACK TO SAVEPOINT bazaar_{savepoint}; RELEASE SAVEPOINT bazaar_{savepoint}"
+        ))?;
+        self.savepoints -= 1;
+        Ok(())
+    }
+
+    fn command(&mut self, sql: &str) -> Result<(), sqlx::Error> {
         self.connection.execute_batch(sql).map_err(into_sqlx)
     }
 
@@ -137,31 +195,76 @@ impl Sqlite {
     }
 }
 
+/// The result of the statement that just finished, as sqlx's `Any` driver gives it: the changes
+/// of the last INSERT, UPDATE or DELETE (for a SELECT, whatever ran before it, as in sqlx) and
+/// no insert id (sqlx's `Any` driver gives none for SQLite, so code that used one would work
+/// on SQLite alone).
+fn outcome(connection: &rusqlite::Connection) -> AnyQueryResult {
+    AnyQueryResult {
+        rows_affected: connection.changes(),
+        last_insert_id: None,
+    }
+}
+
 impl Columns {
-    fn of(statement: &rusqlite::Statement<'_>) -> Self {
-        let names = statement.column_names();
-        let columns: Vec<AnyColumn> = names
+    fn of(statement: &rusqlite::Statement<'_>) -> Result<Self, sqlx::Error> {
+        let columns = statement
+            .columns()
             .iter()
             .enumerate()
-            .map(|(ordinal, name)| AnyColumn {
-                ordinal,
-                name: UStr::new(name),
-                // Row values carry their own type (as with sqlx's SQLite driver); nothing reads
-                // the column's declared one.
-                type_info: AnyTypeInfo {
-                    kind: AnyTypeInfoKind::Null,
-                },
+            .map(|(ordinal, column)| {
+                let kind = declared_kind(column.decl_type()).map_err(|source| {
+                    sqlx::Error::ColumnDecode {
+                        index: column.name().to_owned(),
+                        source: source.into(),
+                    }
+                })?;
+                Ok(AnyColumn {
+                    ordinal,
+                    name: UStr::new(column.name()),
+                    type_info: AnyTypeInfo { kind },
+                })
             })
-            .collect();
+            .collect::<Result<Vec<AnyColumn>, sqlx::Error>>()?;
         let by_name = columns
             .iter()
             .map(|column| (column.name.clone(), column.ordinal))
             .collect();
-        Self {
+        Ok(Self {
             by_name: Arc::new(by_name),
             columns,
-        }
+        })
     }
+}
+
+/// A column's type for the `Any` driver, from its declared type, as `sqlx`'s SQLite driver
+/// decides it: the types `Any` has no room for (`BOOLEAN`, dates and times) are refused, so that
+/// reading such a column fails on SQLite just as it would on PostgreSQL (module docs of
+/// `kit::storage`); an expression, or a type sqlx does not know, has none (`NULL`). Row values
+/// carry their own type regardless, which is what decoding looks at.
+fn declared_kind(declared: Option<&str>) -> Result<AnyTypeInfoKind, String> {
+    let Some(declared) = declared else {
+        return Ok(AnyTypeInfoKind::Null);
+    };
+    let lower = declared.to_ascii_lowercase();
+    Ok(match lower.as_str() {
+        "int4" => AnyTypeInfoKind::Integer,
+        "int8" => AnyTypeInfoKind::BigInt,
+        "boolean" | "bool" | "date" | "time" | "datetime" | "timestamp" => {
+            return Err(format!(
+                "Any driver does not support the SQLite type {declared}"
+            ))
+        }
+        _ if lower.contains("int") => AnyTypeInfoKind::BigInt,
+        _ if lower.contains("char") || lower.contains("clob") || lower.contains("text") => {
+            AnyTypeInfoKind::Text
+        }
+        _ if lower.contains("blob") => AnyTypeInfoKind::Blob,
+        _ if lower.contains("real") || lower.contains("floa") || lower.contains("doub") => {
+            AnyTypeInfoKind::Double
+        }
+        _ => AnyTypeInfoKind::Null,
+    })
 }
 
 /// Whether `sql` may be more than one statement (a `;` before its end; perhaps only inside a
@@ -170,25 +273,32 @@ fn may_hold_several_statements(sql: &str) -> bool {
     sql.trim_end().trim_end_matches(';').contains(';')
 }
 
-/// Steps `statement` to its end, appending its rows (while fewer than `max_rows` are gathered)
-/// to `results` as `AnyRow`s.
+/// Steps `statement` to its end, appending its rows to `results` as `AnyRow`s, unless
+/// `results` holds `max_rows` rows first: then it stops without stepping further and returns
+/// `false`.
 fn read(
     statement: &mut rusqlite::Statement<'_>,
     columns: &Arc<Columns>,
     max_rows: usize,
     results: &mut Vec<Either<AnyQueryResult, AnyRow>>,
-) -> Result<(), sqlx::Error> {
-    let mut rows = statement.raw_query();
+) -> Result<bool, sqlx::Error> {
     let mut gathered = results.iter().filter(|result| result.is_right()).count();
-    while let Some(row) = rows.next().map_err(into_sqlx)? {
+    let mut rows = statement.raw_query();
+    loop {
         if gathered >= max_rows {
-            // Like sqlx's fetch_optional: the rest of the rows are not read.
-            break;
+            return Ok(false);
         }
+        let Some(row) = rows.next().map_err(into_sqlx)? else {
+            return Ok(true);
+        };
         let mut values = Vec::with_capacity(columns.columns.len());
-        for index in 0..columns.columns.len() {
+        for column in &columns.columns {
+            let value = row.get_ref(column.ordinal).map_err(into_sqlx)?;
             values.push(AnyValue {
-                kind: any_value(row.get_ref(index).map_err(into_sqlx)?),
+                kind: any_value(value).map_err(|source| sqlx::Error::ColumnDecode {
+                    index: column.name.to_string(),
+                    source: source.into(),
+                })?,
             });
         }
         results.push(Either::Right(AnyRow {
@@ -198,42 +308,51 @@ fn read(
         }));
         gathered += 1;
     }
-    Ok(())
 }
 
-/// Binds `values` to `statement`'s parameters the way `sqlx`'s SQLite driver does: a parameter
-/// named `$n` or `?n` takes the n-th value (so `$2` before `$1` and a repeated `$1` work),
-/// any other the value after the previous one, starting at `next` (where the statement before
-/// it in the same text stopped). Returns where the next statement starts.
+/// Binds `values` to `statement`'s parameters as `sqlx`'s SQLite driver does: `?NNN` or `$NNN`
+/// takes the NNN-th value (so `$2` before `$1`, and `$1` twice, work), a bare `?` the value
+/// after the last bare one (counting from `unnamed_before`, the bare ones of the statements
+/// before it in the same text), any other name is refused, and a parameter beyond the values
+/// is left unbound, which SQLite reads as NULL. Returns how many bare parameters it bound.
 fn bind(
     statement: &mut rusqlite::Statement<'_>,
     values: &[AnyValueKind<'_>],
-    mut next: usize,
+    unnamed_before: usize,
 ) -> Result<usize, sqlx::Error> {
+    let mut unnamed = unnamed_before;
     for parameter in 1..=statement.parameter_count() {
-        let numbered = statement
-            .parameter_name(parameter)
-            .and_then(|name| name.strip_prefix('$').or_else(|| name.strip_prefix('?')))
-            .and_then(|number| number.parse::<usize>().ok());
-        let position = match numbered {
-            Some(number) => number.checked_sub(1).ok_or_else(|| {
-                sqlx::Error::Protocol(format!("parameter {parameter} is numbered 0"))
-            })?,
-            None => next,
+        let position = match statement.parameter_name(parameter) {
+            Some(name) => {
+                let number = name
+                    .strip_prefix('?')
+                    .or_else(|| name.strip_prefix('$'))
+                    .ok_or_else(|| {
+                        sqlx::Error::Protocol(format!("unsupported SQL parameter format: {name}"))
+                    })?;
+                number
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|number| *number > 0)
+                    .ok_or_else(|| {
+                        sqlx::Error::Protocol(format!(
+                            "parameters with non-integer names are not supported: {name}"
+                        ))
+                    })?
+            }
+            None => {
+                unnamed += 1;
+                unnamed
+            }
         };
-        next = position + 1;
-        let value = values.get(position).ok_or_else(|| {
-            sqlx::Error::Protocol(format!(
-                "the query has a parameter ${} but only {} arguments",
-                position + 1,
-                values.len()
-            ))
-        })?;
+        let Some(value) = values.get(position - 1) else {
+            break;
+        };
         statement
             .raw_bind_parameter(parameter, sqlite_value(value)?)
             .map_err(into_sqlx)?;
     }
-    Ok(next)
+    Ok(unnamed - unnamed_before)
 }
 
 /// An argument as SQLite stores it (as `sqlx`'s SQLite driver maps it).
@@ -258,18 +377,17 @@ fn sqlite_value<'a>(value: &'a AnyValueKind<'_>) -> Result<ToSqlOutput<'a>, sqlx
 }
 
 /// A value read from SQLite, typed by the value itself as `sqlx`'s SQLite driver types it for
-/// the `Any` driver.
-fn any_value(value: ValueRef<'_>) -> AnyValueKind<'static> {
-    match value {
+/// the `Any` driver; text that is not UTF-8 is an error there as here.
+fn any_value(value: ValueRef<'_>) -> Result<AnyValueKind<'static>, std::str::Utf8Error> {
+    Ok(match value {
         ValueRef::Null => AnyValueKind::Null(AnyTypeInfoKind::Null),
         ValueRef::Integer(i) => AnyValueKind::BigInt(i),
         ValueRef::Real(r) => AnyValueKind::Double(r),
-        // SQLite hands back the bytes it was given; text written through sqlx is UTF-8.
         ValueRef::Text(text) => {
-            AnyValueKind::Text(Cow::Owned(String::from_utf8_lossy(text).into_owned()))
+            AnyValueKind::Text(Cow::Owned(std::str::from_utf8(text)?.to_owned()))
         }
         ValueRef::Blob(blob) => AnyValueKind::Blob(Cow::Owned(blob.to_vec())),
-    }
+    })
 }
 
 /// A `rusqlite` error as the `sqlx` error the SQLite driver would have returned, so callers'
