@@ -5,7 +5,7 @@
 //! client-credentials access token for the callee's audience, obtained from the `identity`
 //! service and cached until shortly before it expires.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,9 @@ use http::Method;
 use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
+use crate::batch::{self, BatchItem, BatchRequest, BatchResponse, ItemResponse};
 use crate::context;
 
 /// Why a call failed.
@@ -44,6 +46,49 @@ pub enum CallError {
     Encode { service: String, reason: String },
     #[error("cannot obtain a token for {audience}: {reason}")]
     Token { audience: String, reason: String },
+    /// The batch that carried a coalesced call failed in a way only the batch knows about (its
+    /// connection broke, its answer was not a batch answer).
+    #[error("the batch carrying the call to {service} failed: {reason}")]
+    Batch { service: String, reason: String },
+}
+
+impl CallError {
+    /// The same failure, for another call of the batch that met it.
+    fn replicate(&self) -> CallError {
+        match self {
+            CallError::NoInstance(service) => CallError::NoInstance(service.clone()),
+            CallError::Timeout { service } => CallError::Timeout {
+                service: service.clone(),
+            },
+            CallError::Status {
+                service,
+                status,
+                body,
+            } => CallError::Status {
+                service: service.clone(),
+                status: *status,
+                body: body.clone(),
+            },
+            CallError::Encode { service, reason } => CallError::Encode {
+                service: service.clone(),
+                reason: reason.clone(),
+            },
+            CallError::Token { audience, reason } => CallError::Token {
+                audience: audience.clone(),
+                reason: reason.clone(),
+            },
+            CallError::Batch { service, reason } => CallError::Batch {
+                service: service.clone(),
+                reason: reason.clone(),
+            },
+            CallError::Transport { service, source } | CallError::Decode { service, source } => {
+                CallError::Batch {
+                    service: service.clone(),
+                    reason: source.to_string(),
+                }
+            }
+        }
+    }
 }
 
 /// A request body, encoded once and resent as is on a retry.
@@ -84,6 +129,82 @@ pub struct ServiceClient {
     attempts: usize,
     credentials: Option<Credentials>,
     tokens: Arc<TokenCache>,
+    lanes: Arc<Lanes>,
+    /// Requests to one service a coalescing caller keeps out at once before queueing.
+    max_in_flight: usize,
+}
+
+/// Requests out at once to one service, per [`ServiceClient::send_coalesced`], by default: one,
+/// so that any call made while another is out waits for it and leaves with the others in one
+/// batch (measured against two in docs/performance.md).
+pub const COALESCE_IN_FLIGHT: usize = 1;
+
+/// The coalesced calls to each service: requests out, and calls waiting for one to return.
+#[derive(Default)]
+struct Lanes {
+    by_service: Mutex<HashMap<String, Lane>>,
+}
+
+#[derive(Default)]
+struct Lane {
+    in_flight: usize,
+    waiting: Vec<Waiting>,
+}
+
+/// A call queued for the next batch, and where its answer goes.
+struct Waiting {
+    item: BatchItem,
+    done: oneshot::Sender<Result<reqwest::Response, CallError>>,
+}
+
+/// One of a lane's requests out: when dropped (answered, failed or abandoned), the calls
+/// waiting in the lane leave as the next batch, or the lane has one request fewer out.
+struct Turn {
+    client: ServiceClient,
+    service: String,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let next = {
+            let mut lanes = self
+                .client
+                .lanes
+                .by_service
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let lane = lanes.entry(self.service.clone()).or_default();
+            if lane.waiting.is_empty() {
+                lane.in_flight = lane.in_flight.saturating_sub(1);
+                return;
+            }
+            let take = lane.waiting.len().min(batch::MAX_ITEMS);
+            lane.waiting.drain(..take).collect::<Vec<_>>()
+        };
+        // The turn passes to the batch, which gives it up in its turn.
+        let turn = Turn {
+            client: self.client.clone(),
+            service: self.service.clone(),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    turn.client.deliver(&turn.service, next).await;
+                    drop(turn);
+                });
+            }
+            Err(_) => {
+                // No runtime left (shutting down): the waiting calls hear so.
+                for waiting in next {
+                    let _ = waiting.done.send(Err(CallError::Batch {
+                        service: turn.service.clone(),
+                        reason: "the client is shutting down".into(),
+                    }));
+                }
+                std::mem::forget(turn);
+            }
+        }
+    }
 }
 
 impl ServiceClient {
@@ -179,7 +300,16 @@ impl ServiceClient {
             attempts: 3,
             credentials: None,
             tokens: Arc::default(),
+            lanes: Arc::default(),
+            max_in_flight: COALESCE_IN_FLIGHT,
         }
+    }
+
+    /// How many requests to one service [`ServiceClient::send_coalesced`] keeps out before
+    /// queueing calls for a batch (at least 1).
+    pub fn with_coalescing(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight.max(1);
+        self
     }
 
     /// Per-attempt timeout.
@@ -250,6 +380,193 @@ impl ServiceClient {
         });
         self.send_encoded(service, Method::POST, path, body, headers)
             .await
+    }
+
+    /// Coalesced calls to `service` waiting for a batch now (a measure of the queue, for
+    /// metrics and tests).
+    pub fn waiting(&self, service: &str) -> usize {
+        self.lanes
+            .by_service
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(service)
+            .map_or(0, |lane| lane.waiting.len())
+    }
+
+    /// Sends an internal call that may share a request with others to the same service
+    /// ([`crate::batch`]): on its own while fewer than [`COALESCE_IN_FLIGHT`] requests to
+    /// `service` are out, otherwise in the batch that leaves when one of them returns. The
+    /// answer is the call's own, as [`ServiceClient::send`] would give it. Only for
+    /// `/internal/` paths, and only for calls that are safe to repeat (idempotent by key): a
+    /// batch that fails fails every call in it, and its caller may not know which were done.
+    pub async fn send_coalesced<B: Serialize>(
+        &self,
+        service: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<reqwest::Response, CallError> {
+        let body = match body {
+            Some(body) => {
+                Some(
+                    serde_json::value::to_raw_value(body).map_err(|e| CallError::Encode {
+                        service: service.to_owned(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let mut headers = BTreeMap::new();
+        if let Some(context) = context::current() {
+            headers.insert(context::TRACEPARENT.to_owned(), context.traceparent());
+            headers.insert(context::REQUEST_ID.to_owned(), context.request_id);
+        }
+        let item = BatchItem {
+            method: method.to_string(),
+            path: path.to_owned(),
+            headers,
+            body,
+        };
+        let queued = {
+            let mut lanes = self
+                .lanes
+                .by_service
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let lane = lanes.entry(service.to_owned()).or_default();
+            if lane.in_flight < self.max_in_flight {
+                lane.in_flight += 1;
+                Err(item)
+            } else {
+                let (done, answer) = oneshot::channel();
+                lane.waiting.push(Waiting { item, done });
+                Ok(answer)
+            }
+        };
+        match queued {
+            Ok(answer) => answer.await.unwrap_or_else(|_| {
+                Err(CallError::Batch {
+                    service: service.to_owned(),
+                    reason: "the batch was abandoned".into(),
+                })
+            }),
+            Err(item) => {
+                let _turn = Turn {
+                    client: self.clone(),
+                    service: service.to_owned(),
+                };
+                self.send_item(service, item).await
+            }
+        }
+    }
+
+    /// Sends one coalesced call on its own.
+    async fn send_item(
+        &self,
+        service: &str,
+        item: BatchItem,
+    ) -> Result<reqwest::Response, CallError> {
+        let method = Method::from_bytes(item.method.as_bytes()).unwrap_or(Method::POST);
+        let mut headers = HeaderMap::new();
+        for (name, value) in &item.headers {
+            if let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                reqwest::header::HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        let body = item.body.map(|json| Encoded {
+            content_type: "application/json",
+            bytes: json.get().as_bytes().to_vec(),
+        });
+        self.send_encoded(service, method, &item.path, body, headers)
+            .await
+    }
+
+    /// Sends the calls that waited, as one batch (or on its own, for a lone call), and answers
+    /// each.
+    async fn deliver(&self, service: &str, waiting: Vec<Waiting>) {
+        if waiting.len() == 1 {
+            let Some(Waiting { item, done }) = waiting.into_iter().next() else {
+                return;
+            };
+            let _ = done.send(self.send_item(service, item).await);
+            return;
+        }
+        let (items, answers): (Vec<_>, Vec<_>) =
+            waiting.into_iter().map(|w| (w.item, w.done)).unzip();
+        let batch = BatchRequest { requests: items };
+        let mut headers = HeaderMap::new();
+        let wait = self.timeout.saturating_sub(Duration::from_millis(500));
+        if let Ok(value) = reqwest::header::HeaderValue::from_str(&wait.as_millis().to_string()) {
+            headers.insert(batch::wait_header(), value);
+        }
+        let outcome = self
+            .send(
+                service,
+                Method::POST,
+                batch::BATCH_PATH,
+                Some(&batch),
+                headers,
+            )
+            .await;
+        let answered = match outcome {
+            Ok(response) => response
+                .json::<BatchResponse>()
+                .await
+                .map_err(|e| CallError::Batch {
+                    service: service.to_owned(),
+                    reason: format!("undecodable batch answer: {e}"),
+                })
+                .and_then(|answer| {
+                    if answer.responses.len() == answers.len() {
+                        Ok(answer.responses)
+                    } else {
+                        Err(CallError::Batch {
+                            service: service.to_owned(),
+                            reason: format!(
+                                "{} answers to {} requests",
+                                answer.responses.len(),
+                                answers.len()
+                            ),
+                        })
+                    }
+                }),
+            Err(CallError::Status {
+                status: 404 | 405, ..
+            }) => {
+                // A service from before batches: each call on its own.
+                let singles = batch
+                    .requests
+                    .into_iter()
+                    .map(|item| self.send_item(service, item));
+                let outcomes = futures::future::join_all(singles).await;
+                for (done, outcome) in answers.into_iter().zip(outcomes) {
+                    let _ = done.send(outcome);
+                }
+                return;
+            }
+            Err(error) => Err(error),
+        };
+        match answered {
+            Ok(responses) => {
+                if responses.iter().any(|response| response.status == 401) {
+                    // The batch itself needs no token, so only its items can say the cached
+                    // one is stale: the next call fetches a fresh one.
+                    self.forget_token(service);
+                }
+                for (done, response) in answers.into_iter().zip(responses) {
+                    let _ = done.send(item_outcome(service, response));
+                }
+            }
+            Err(error) => {
+                for done in answers {
+                    let _ = done.send(Err(error.replicate()));
+                }
+            }
+        }
     }
 
     async fn send_encoded(
@@ -376,4 +693,27 @@ impl ServiceClient {
         }
         Err(last_error.unwrap_or_else(|| CallError::NoInstance(service.to_owned())))
     }
+}
+
+/// One item's answer from a batch, as [`ServiceClient::send`] would have given it alone.
+fn item_outcome(service: &str, item: ItemResponse) -> Result<reqwest::Response, CallError> {
+    let body = item.body_bytes();
+    if !(200..300).contains(&item.status) {
+        return Err(CallError::Status {
+            service: service.to_owned(),
+            status: item.status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    let mut response = http::Response::builder().status(item.status);
+    if let Some(content_type) = &item.content_type {
+        response = response.header(reqwest::header::CONTENT_TYPE, content_type);
+    }
+    response
+        .body(body)
+        .map(reqwest::Response::from)
+        .map_err(|e| CallError::Batch {
+            service: service.to_owned(),
+            reason: format!("unusable item answer: {e}"),
+        })
 }

@@ -6,6 +6,7 @@
 //! the common routes and layers and runs it.
 
 pub mod audit;
+pub mod batch;
 pub mod client;
 pub mod config;
 pub mod context;

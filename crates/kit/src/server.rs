@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use bazaar_discovery::{InstanceStatus, Registrar, Registration, RegistryClient};
 use hyper::body::Incoming;
@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use crate::batch;
 use crate::config::CommonConfig;
 use crate::health::{self, Readiness};
 use crate::metrics::{self, Metrics};
@@ -186,7 +187,8 @@ impl Service {
     }
 }
 
-/// Adds the common routes and layers to a service router.
+/// Adds the common routes and layers to a service router, and the batch route
+/// ([`crate::batch`]) that dispatches its items through all of it.
 pub fn build_app(
     router: Router,
     openapi: Option<utoipa::openapi::OpenApi>,
@@ -201,7 +203,8 @@ pub fn build_app(
             "/metrics",
             get(metrics::handler).with_state(metrics.clone()),
         );
-    if let Some(document) = openapi {
+    if let Some(mut document) = openapi {
+        document.merge(batch::openapi());
         let document = std::sync::Arc::new(document);
         common = common.route(
             "/openapi.json",
@@ -211,10 +214,29 @@ pub fn build_app(
             }),
         );
     }
+    let app = with_common_layers(
+        router
+            .merge(common)
+            .fallback(problem::not_found_fallback)
+            .method_not_allowed_fallback(problem::method_not_allowed_fallback),
+        metrics.clone(),
+        max_body_bytes,
+    );
+    // The batch route is outside `app`, so an item can never be a batch.
+    let items = app.clone();
+    let batch = Router::new()
+        .route(
+            batch::BATCH_PATH,
+            post(move |request| batch::handle(items.clone(), request)),
+        )
+        .method_not_allowed_fallback(problem::method_not_allowed_fallback);
+    with_common_layers(batch, metrics, max_body_bytes).merge(app)
+}
+
+/// The layers every request goes through: request context and access log, metrics, header and
+/// body limits.
+fn with_common_layers(router: Router, metrics: Metrics, max_body_bytes: usize) -> Router {
     router
-        .merge(common)
-        .fallback(problem::not_found_fallback)
-        .method_not_allowed_fallback(problem::method_not_allowed_fallback)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(header_limit))
         .layer(axum::middleware::from_fn_with_state(

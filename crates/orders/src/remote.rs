@@ -6,7 +6,6 @@
 use bazaar_kit::client::{CallError, ServiceClient};
 use bazaar_kit::problem::Problem;
 use http::Method;
-use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +70,7 @@ impl StepError {
                 reason: format!("no token for {audience}: {reason}"),
                 service: "identity".to_owned(),
             },
+            CallError::Batch { service, reason } => StepError::Unavailable { reason, service },
         }
     }
 }
@@ -149,11 +149,19 @@ impl Remote {
         Self { client }
     }
 
+    /// A read of another service. Internal reads and the saga's commands go through
+    /// [`ServiceClient::send_coalesced`]: with many orders in flight, the calls to one service
+    /// share requests (every command is idempotent by its key, so a failed batch is retried
+    /// like a failed call).
     async fn get<T: DeserializeOwned>(&self, service: &str, path: &str) -> Result<T, StepError> {
-        self.client
-            .get_json(service, path)
-            .await
-            .map_err(StepError::from_call)
+        if path.starts_with("/internal/") {
+            self.call(service, Method::GET, path, None::<&()>).await
+        } else {
+            self.client
+                .get_json(service, path)
+                .await
+                .map_err(StepError::from_call)
+        }
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(
@@ -162,9 +170,19 @@ impl Remote {
         path: &str,
         body: &B,
     ) -> Result<T, StepError> {
+        self.call(service, Method::POST, path, Some(body)).await
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        service: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, StepError> {
         let response = self
             .client
-            .send(service, Method::POST, path, Some(body), HeaderMap::new())
+            .send_coalesced(service, method, path, body)
             .await
             .map_err(StepError::from_call)?;
         response.json().await.map_err(|e| StepError::Unavailable {

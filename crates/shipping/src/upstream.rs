@@ -77,7 +77,8 @@ fn unavailable(error: &CallError) -> ApiError {
         | CallError::Transport { service, .. }
         | CallError::Status { service, .. }
         | CallError::Decode { service, .. }
-        | CallError::Encode { service, .. } => service.as_str(),
+        | CallError::Encode { service, .. }
+        | CallError::Batch { service, .. } => service.as_str(),
         CallError::Token { audience, .. } => audience.as_str(),
     };
     ApiError::unavailable(
