@@ -33,6 +33,7 @@ use serde_json::value::RawValue;
 use tower::ServiceExt;
 
 use crate::extract::Json;
+use crate::metrics::Metrics;
 use crate::problem::ApiError;
 
 /// Where every service accepts a batch.
@@ -239,14 +240,14 @@ fn wait_of(headers: &HeaderMap) -> Duration {
 
 /// `POST /internal/v1/batch`: dispatches each item through `app` (the service's application
 /// without this route) and answers their outcomes in order.
-pub async fn handle(app: Router, request: Request) -> Response {
-    match run(app, request).await {
+pub async fn handle(app: Router, metrics: Metrics, request: Request) -> Response {
+    match run(app, &metrics, request).await {
         Ok(answer) => axum::Json(answer).into_response(),
         Err(error) => error.into_response(),
     }
 }
 
-async fn run(app: Router, request: Request) -> Result<BatchResponse, ApiError> {
+async fn run(app: Router, metrics: &Metrics, request: Request) -> Result<BatchResponse, ApiError> {
     let shared = request.headers().clone();
     let peer = request
         .extensions()
@@ -265,6 +266,7 @@ async fn run(app: Router, request: Request) -> Result<BatchResponse, ApiError> {
         .enumerate()
         .map(|(index, item)| check(index, item))
         .collect::<Result<Vec<_>, _>>()?;
+    metrics.observe_batch(items.len());
     let deadline = tokio::time::Instant::now() + wait_of(&shared);
     let tasks: Vec<_> = items
         .into_iter()

@@ -42,6 +42,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     errors: Family<RouteLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    batches: Counter,
+    batched_items: Counter,
 }
 
 impl Default for Metrics {
@@ -73,11 +75,25 @@ impl Metrics {
             "Time to produce the response head, by route and method",
             latency.clone(),
         );
+        let batches = Counter::default();
+        let batched_items = Counter::default();
+        registry.register(
+            "batches",
+            "Batches of internal requests received (POST /internal/v1/batch)",
+            batches.clone(),
+        );
+        registry.register(
+            "batched_items",
+            "Internal requests received inside batches (each also counted under its route)",
+            batched_items.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             requests,
             errors,
             latency,
+            batches,
+            batched_items,
         }
     }
 
@@ -103,6 +119,12 @@ impl Metrics {
             self.errors.get_or_create(&labels).inc();
         }
         self.latency.get_or_create(&labels).observe(seconds);
+    }
+
+    /// Records a batch of `items` internal requests (items per batch is what batching buys).
+    pub fn observe_batch(&self, items: usize) {
+        self.batches.inc();
+        self.batched_items.inc_by(items as u64);
     }
 
     /// The text exposition.

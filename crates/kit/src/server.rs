@@ -223,11 +223,11 @@ pub fn build_app(
         max_body_bytes,
     );
     // The batch route is outside `app`, so an item can never be a batch.
-    let items = app.clone();
+    let (items, batch_metrics) = (app.clone(), metrics.clone());
     let batch = Router::new()
         .route(
             batch::BATCH_PATH,
-            post(move |request| batch::handle(items.clone(), request)),
+            post(move |request| batch::handle(items.clone(), batch_metrics.clone(), request)),
         )
         .method_not_allowed_fallback(problem::method_not_allowed_fallback);
     with_common_layers(batch, metrics, max_body_bytes).merge(app)

@@ -217,6 +217,22 @@ async fn a_batch_answers_each_item_as_if_it_came_alone() {
 
     assert_eq!(seen.echoed.load(Ordering::SeqCst), 2);
     assert_eq!(seen.requests.load(Ordering::SeqCst), 1, "one HTTP request");
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("bazaar_batches_total 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("bazaar_batched_items_total 4\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"route="/internal/v1/echo",method="POST",status="201"} 2"#),
+        "each item counted under its route: {metrics}"
+    );
 }
 
 #[tokio::test]
