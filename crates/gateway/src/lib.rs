@@ -146,7 +146,9 @@ pub fn service_with(
         common.max_body_bytes,
         dependencies,
     )?;
+    // The gateway is the public edge and never routes `/internal`: no batch route.
     Ok(Service::new(common, router)
+        .without_batches()
         .with_openapi(openapi::own_document())
         .with_metrics(metrics)
         .ready_when("registry_view", move || {

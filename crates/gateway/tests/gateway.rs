@@ -454,6 +454,17 @@ async fn unknown_route_is_a_404_problem() {
     let (status, headers, body) = get_json(&http(), &format!("{}/nope/at/all", gw.url)).await;
     assert_eq!(status, 404);
     assert_problem(&headers, &body, "route_not_found");
+    // The services' batch route is not the gateway's: the public edge has no way in to
+    // `/internal`, batched or not.
+    let response = http()
+        .post(format!("{}/internal/v1/batch", gw.url))
+        .json(&serde_json::json!({"requests": [
+            {"method": "GET", "path": "/internal/v1/carts/someone"}
+        ]}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 404);
     gw.stop().await;
 }
 

@@ -194,14 +194,15 @@ impl Drop for Turn {
                 });
             }
             Err(_) => {
-                // No runtime left (shutting down): the waiting calls hear so.
+                // No runtime left (shutting down): the waiting calls hear so, and dropping the
+                // turn passes it on to whatever queued meanwhile, or frees it.
                 for waiting in next {
                     let _ = waiting.done.send(Err(CallError::Batch {
                         service: turn.service.clone(),
                         reason: "the client is shutting down".into(),
                     }));
                 }
-                std::mem::forget(turn);
+                drop(turn);
             }
         }
     }

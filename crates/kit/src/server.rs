@@ -35,6 +35,7 @@ pub struct Service {
     readiness: Readiness,
     metrics: Metrics,
     metadata: Vec<(String, String)>,
+    batches: bool,
 }
 
 impl Service {
@@ -46,7 +47,16 @@ impl Service {
             readiness: Readiness::default(),
             metrics: Metrics::new(),
             metadata: Vec::new(),
+            batches: true,
         }
+    }
+
+    /// Leaves out the batch route ([`crate::batch`]): for a process that is not reached by
+    /// internal calls (the gateway, which never routes `/internal`, or the outside card
+    /// processor).
+    pub fn without_batches(mut self) -> Self {
+        self.batches = false;
+        self
     }
 
     /// Publishes the service's OpenAPI document at `/openapi.json`.
@@ -93,6 +103,7 @@ impl Service {
             self.readiness.clone(),
             self.metrics.clone(),
             self.common.max_body_bytes,
+            self.batches,
         )
     }
 
@@ -187,7 +198,7 @@ impl Service {
     }
 }
 
-/// Adds the common routes and layers to a service router, and the batch route
+/// Adds the common routes and layers to a service router, and with `batches` the batch route
 /// ([`crate::batch`]) that dispatches its items through all of it.
 pub fn build_app(
     router: Router,
@@ -195,6 +206,7 @@ pub fn build_app(
     readiness: Readiness,
     metrics: Metrics,
     max_body_bytes: usize,
+    batches: bool,
 ) -> Router {
     let mut common = Router::new()
         .route("/healthz", get(health::healthz))
@@ -204,7 +216,9 @@ pub fn build_app(
             get(metrics::handler).with_state(metrics.clone()),
         );
     if let Some(mut document) = openapi {
-        document.merge(batch::openapi());
+        if batches {
+            document.merge(batch::openapi());
+        }
         let document = std::sync::Arc::new(document);
         common = common.route(
             "/openapi.json",
@@ -222,6 +236,9 @@ pub fn build_app(
         metrics.clone(),
         max_body_bytes,
     );
+    if !batches {
+        return app;
+    }
     // The batch route is outside `app`, so an item can never be a batch.
     let (items, batch_metrics) = (app.clone(), metrics.clone());
     let batch = Router::new()

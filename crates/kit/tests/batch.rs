@@ -87,6 +87,7 @@ fn service(seen: Seen, gate: Arc<Semaphore>, slow: Arc<Semaphore>) -> Router {
         Readiness::default(),
         Metrics::new(),
         1024 * 1024,
+        true,
     );
     // Counts real HTTP requests: items dispatched inside a batch never pass here.
     app.layer(axum::middleware::from_fn(

@@ -99,7 +99,9 @@ pub async fn service(common: CommonConfig, config: Config) -> anyhow::Result<Ser
     let repository = open(&common.database_url()).await?;
     let db = repository.database().clone();
     let router = router(AppState::new(repository, &config));
+    // The outside card processor has no internal routes for bazaar to batch.
     Ok(Service::new(common, router)
+        .without_batches()
         .with_openapi(openapi())
         .ready_when("database", move || {
             let db = db.clone();
