@@ -56,6 +56,14 @@ pub struct Config {
     pub crash_after_step: String,
     /// Per-call timeout to other services, in milliseconds.
     pub call_timeout_ms: u64,
+    /// Whether the saga's commands to one service share requests under load
+    /// (`ServiceClient::send_coalesced`, `kit::batch`). Unset: on when this service's database
+    /// is SQLite, off on PostgreSQL, as measured (docs/performance.md, eighth round): on SQLite
+    /// a callee runs a batch's items one after another on its thread and batching saves the
+    /// orders service a fifth of its CPU per order; on PostgreSQL the items of a batch start
+    /// their transactions together and queue on the callee's outbox lock, which cost 10% of
+    /// throughput.
+    pub coalesce_calls: Option<bool>,
 }
 
 impl Default for Config {
@@ -65,6 +73,7 @@ impl Default for Config {
             max_backoff_ms: 5_000,
             crash_after_step: String::new(),
             call_timeout_ms: 5_000,
+            coalesce_calls: None,
         }
     }
 }
@@ -110,7 +119,10 @@ pub async fn service(
     let messaging =
         Messaging::start(&common, &db, client.clone(), verifier.clone(), &metrics).await?;
     let repository = Repository::new(db.clone());
-    let remote = remote::Remote::new(client);
+    let coalesce = config
+        .coalesce_calls
+        .unwrap_or(db.engine() == bazaar_kit::storage::Engine::Sqlite);
+    let remote = remote::Remote::new(client, coalesce);
     let crash_after = (!config.crash_after_step.is_empty()).then(|| {
         (
             config.crash_after_step.clone(),

@@ -79,6 +79,8 @@ impl StepError {
 #[derive(Clone)]
 pub struct Remote {
     client: ServiceClient,
+    /// Whether internal calls go through [`ServiceClient::send_coalesced`].
+    coalesce: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,14 +147,14 @@ pub struct Parcel {
 }
 
 impl Remote {
-    pub fn new(client: ServiceClient) -> Self {
-        Self { client }
+    pub fn new(client: ServiceClient, coalesce: bool) -> Self {
+        Self { client, coalesce }
     }
 
-    /// A read of another service. Internal reads and the saga's commands go through
-    /// [`ServiceClient::send_coalesced`]: with many orders in flight, the calls to one service
-    /// share requests (every command is idempotent by its key, so a failed batch is retried
-    /// like a failed call).
+    /// A read of another service. When coalescing, internal reads and the saga's commands go
+    /// through [`ServiceClient::send_coalesced`]: with many orders in flight, the calls to one
+    /// service share requests (every command is idempotent by its key, so a failed batch is
+    /// retried like a failed call).
     async fn get<T: DeserializeOwned>(&self, service: &str, path: &str) -> Result<T, StepError> {
         if path.starts_with("/internal/") {
             self.call(service, Method::GET, path, None::<&()>).await
@@ -180,11 +182,16 @@ impl Remote {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, StepError> {
-        let response = self
-            .client
-            .send_coalesced(service, method, path, body)
-            .await
-            .map_err(StepError::from_call)?;
+        let sent = if self.coalesce {
+            self.client
+                .send_coalesced(service, method, path, body)
+                .await
+        } else {
+            self.client
+                .send(service, method, path, body, Default::default())
+                .await
+        };
+        let response = sent.map_err(StepError::from_call)?;
         response.json().await.map_err(|e| StepError::Unavailable {
             service: service.to_owned(),
             reason: format!("undecodable answer: {e}"),
