@@ -16,9 +16,10 @@
 //! accepted, so a batch reaches nothing a single internal call could not.
 //!
 //! Client side: [`crate::client::ServiceClient::send_coalesced`] sends a call on its own while
-//! fewer than a few calls to that service are in flight, and otherwise queues it; when a call
-//! returns, everything queued for the service leaves as one batch. Batches therefore form only
-//! under load, and a lone call waits for nothing.
+//! no other call to that service is out, and otherwise queues it; when the call out returns,
+//! everything queued for the service leaves as one batch, or after 25 ms if it has not returned
+//! by then (so a slow request holds up nobody for longer). Batches therefore form only under
+//! load, and a lone call waits for nothing.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

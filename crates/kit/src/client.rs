@@ -132,12 +132,19 @@ pub struct ServiceClient {
     lanes: Arc<Lanes>,
     /// Requests to one service a coalescing caller keeps out at once before queueing.
     max_in_flight: usize,
+    /// Longest a queued call waits for a request out to return.
+    max_queue_wait: Duration,
 }
 
 /// Requests out at once to one service, per [`ServiceClient::send_coalesced`], by default: one,
 /// so that any call made while another is out waits for it and leaves with the others in one
 /// batch (measured against two in docs/performance.md).
 pub const COALESCE_IN_FLIGHT: usize = 1;
+
+/// Longest a coalesced call waits for the request out to return before it leaves anyway (with
+/// whatever else waits): a slow request, such as a payment held by a slow card processor, must
+/// not hold up every other call to that service.
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_millis(25);
 
 /// The coalesced calls to each service: requests out, and calls waiting for one to return.
 #[derive(Default)]
@@ -303,6 +310,7 @@ impl ServiceClient {
             tokens: Arc::default(),
             lanes: Arc::default(),
             max_in_flight: COALESCE_IN_FLIGHT,
+            max_queue_wait: MAX_QUEUE_WAIT,
         }
     }
 
@@ -310,6 +318,13 @@ impl ServiceClient {
     /// queueing calls for a batch (at least 1).
     pub fn with_coalescing(mut self, max_in_flight: usize) -> Self {
         self.max_in_flight = max_in_flight.max(1);
+        self
+    }
+
+    /// How long a queued call waits for a request out to return before leaving anyway
+    /// (default [`MAX_QUEUE_WAIT`]).
+    pub fn with_max_queue_wait(mut self, wait: Duration) -> Self {
+        self.max_queue_wait = wait;
         self
     }
 
@@ -396,7 +411,9 @@ impl ServiceClient {
 
     /// Sends an internal call that may share a request with others to the same service
     /// ([`crate::batch`]): on its own while fewer than [`COALESCE_IN_FLIGHT`] requests to
-    /// `service` are out, otherwise in the batch that leaves when one of them returns. The
+    /// `service` are out, otherwise in the batch that leaves when one of them returns, or after
+    /// [`ServiceClient::with_max_queue_wait`] if none has by then (a slow request holds nobody
+    /// up). The
     /// answer is the call's own, as [`ServiceClient::send`] would give it. Only for
     /// `/internal/` paths, and only for calls that are safe to repeat (idempotent by key): a
     /// batch that fails fails every call in it, and its caller may not know which were done.
@@ -446,12 +463,24 @@ impl ServiceClient {
             }
         };
         match queued {
-            Ok(answer) => answer.await.unwrap_or_else(|_| {
-                Err(CallError::Batch {
-                    service: service.to_owned(),
-                    reason: "the batch was abandoned".into(),
+            Ok(mut answer) => {
+                let answered = match tokio::time::timeout(self.max_queue_wait, &mut answer).await {
+                    Ok(answered) => answered,
+                    Err(_) => {
+                        // The request out is slow (a slow or stuck callee, or an item of it that
+                        // takes long): what waits leaves now in a request of its own instead
+                        // of waiting for it.
+                        self.flush(service);
+                        answer.await
+                    }
+                };
+                answered.unwrap_or_else(|_| {
+                    Err(CallError::Batch {
+                        service: service.to_owned(),
+                        reason: "the batch was abandoned".into(),
+                    })
                 })
-            }),
+            }
             Err(item) => {
                 let _turn = Turn {
                     client: self.clone(),
@@ -460,6 +489,32 @@ impl ServiceClient {
                 self.send_item(service, item).await
             }
         }
+    }
+
+    /// Sends what waits in `service`'s lane now, as one more request out.
+    fn flush(&self, service: &str) {
+        let next = {
+            let mut lanes = self
+                .lanes
+                .by_service
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let lane = lanes.entry(service.to_owned()).or_default();
+            if lane.waiting.is_empty() {
+                return;
+            }
+            lane.in_flight += 1;
+            let take = lane.waiting.len().min(batch::MAX_ITEMS);
+            lane.waiting.drain(..take).collect::<Vec<_>>()
+        };
+        let turn = Turn {
+            client: self.clone(),
+            service: service.to_owned(),
+        };
+        tokio::spawn(async move {
+            turn.client.deliver(&turn.service, next).await;
+            drop(turn);
+        });
     }
 
     /// Sends one coalesced call on its own.

@@ -333,7 +333,10 @@ async fn concurrent_calls_share_requests_and_each_hears_its_own_answer() {
         Arc::new(Semaphore::new(0)),
     ))
     .await;
-    let client = client_for(port).with_coalescing(2);
+    // Queued calls wait as long as it takes here, so that all 18 are counted waiting.
+    let client = client_for(port)
+        .with_coalescing(2)
+        .with_max_queue_wait(Duration::from_secs(60));
     let caller = RequestContext::new_root();
 
     let calls: Vec<_> = (0..20)
@@ -421,7 +424,9 @@ async fn calls_that_waited_fall_back_or_fail_together() {
             app = app.route(BATCH_PATH, post(move || async move { status }));
         }
         let port = serve(app).await;
-        let client = client_for(port).with_coalescing(1);
+        let client = client_for(port)
+            .with_coalescing(1)
+            .with_max_queue_wait(Duration::from_secs(60));
         let calls: Vec<_> = (0..5)
             .map(|n| {
                 let client = client.clone();
@@ -466,4 +471,71 @@ async fn calls_that_waited_fall_back_or_fail_together() {
             }
         }
     }
+}
+
+/// A request out that does not return (a slow callee, a slow item) holds the calls queued behind
+/// it only for the queue wait: then they leave together in a request of their own.
+#[tokio::test]
+async fn calls_queued_behind_a_slow_request_leave_after_the_queue_wait() {
+    let seen = Seen::default();
+    let slow = Arc::new(Semaphore::new(0));
+    let port = serve(service(
+        seen.clone(),
+        Arc::new(Semaphore::new(100)),
+        slow.clone(),
+    ))
+    .await;
+    let client = client_for(port).with_max_queue_wait(Duration::from_millis(50));
+    let stuck = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .send_coalesced("stock", Method::GET, "/internal/v1/slow", None::<&()>)
+                .await
+                .map(|response| response.status())
+        })
+    };
+    until("the slow request is out", || {
+        seen.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let queued: Vec<_> = (0..3)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .send_coalesced(
+                        "stock",
+                        Method::POST,
+                        "/internal/v1/echo",
+                        Some(&json!({"n": n})),
+                    )
+                    .await
+                    .map(|response| response.status())
+            })
+        })
+        .collect();
+    let answered = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(queued))
+        .await
+        .expect("the queued calls do not wait for the slow request");
+    for outcome in answered {
+        assert_eq!(
+            outcome.expect("task").expect("answered"),
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!(seen.slow_done.load(Ordering::SeqCst), 0, "still out");
+    assert_eq!(seen.echoed.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        seen.batches.load(Ordering::SeqCst),
+        1,
+        "the three left together"
+    );
+    slow.add_permits(1);
+    let status = stuck
+        .await
+        .expect("task")
+        .expect("the slow one is answered too");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(client.waiting("stock"), 0);
 }
