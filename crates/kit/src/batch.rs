@@ -15,6 +15,12 @@
 //! finds its result. Items cannot be batches themselves, and only `/internal/` paths are
 //! accepted, so a batch reaches nothing a single internal call could not.
 //!
+//! What a batch does not carry, by design: an item's response headers other than its content
+//! type (the internal commands answer in their bodies), and a token of its own (the batch's
+//! `Authorization` is every item's; the route itself needs none, as each item's route checks
+//! it). The items of a batch are answered together, so a slow one (a payment held by a slow
+//! card processor) delays the others' answers up to the batch's wait.
+//!
 //! Client side: [`crate::client::ServiceClient::send_coalesced`] sends a call on its own while
 //! no other call to that service is out, and otherwise queues it; when the call out returns,
 //! everything queued for the service leaves as one batch, or after 25 ms if it has not returned
@@ -71,7 +77,7 @@ pub struct BatchRequest {
 }
 
 /// One request of a batch.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchItem {
     /// `GET`, `POST`, `PUT`, `PATCH` or `DELETE`.
     pub method: String,
@@ -184,7 +190,7 @@ fn check(index: usize, item: BatchItem) -> Result<Dispatch, ApiError> {
     if !path.starts_with("/internal/") || path.split('/').any(|s| s == ".." || s == ".") {
         return Err(ApiError::invalid(
             field("path"),
-            "only /internal/ paths can be batched",
+            "only /internal/ paths, without `.` or `..` segments, can be batched",
         ));
     }
     if path == BATCH_PATH {
@@ -272,6 +278,7 @@ async fn run(app: Router, metrics: &Metrics, request: Request) -> Result<BatchRe
     let tasks: Vec<_> = items
         .into_iter()
         .map(|item| {
+            let has_body = item.body.is_some();
             let mut request = http::Request::builder()
                 .method(item.method)
                 .uri(item.uri)
@@ -287,7 +294,7 @@ async fn run(app: Router, metrics: &Metrics, request: Request) -> Result<BatchRe
                 }
             }
             headers.extend(item.headers);
-            if request.method() != Method::GET {
+            if has_body {
                 request.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),

@@ -424,6 +424,12 @@ impl ServiceClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<reqwest::Response, CallError> {
+        if !path.starts_with("/internal/") {
+            // Only internal routes can be batched: anything else goes on its own.
+            return self
+                .send(service, method, path, body, HeaderMap::new())
+                .await;
+        }
         let body = match body {
             Some(body) => {
                 Some(
@@ -590,10 +596,11 @@ impl ServiceClient {
                         })
                     }
                 }),
-            Err(CallError::Status {
-                status: 404 | 405, ..
-            }) => {
-                // A service from before batches: each call on its own.
+            Err(CallError::Status { status, .. }) if (400..500).contains(&status) => {
+                // The batch itself was refused: a service from before batches (404, 405), or a
+                // batch it will not take (too large, an item it cannot batch). A refusal of
+                // the batch says nothing about each call, so each goes on its own and hears
+                // its own answer.
                 let singles = batch
                     .requests
                     .into_iter()
@@ -608,14 +615,26 @@ impl ServiceClient {
         };
         match answered {
             Ok(responses) => {
-                if responses.iter().any(|response| response.status == 401) {
+                let stale_token = responses.iter().any(|response| response.status == 401);
+                if stale_token {
                     // The batch itself needs no token, so only its items can say the cached
-                    // one is stale: the next call fetches a fresh one.
+                    // one is stale (rotated keys, a revocation): as `send` does for a call
+                    // alone, those calls are sent again once, on their own, with a fresh one.
                     self.forget_token(service);
                 }
-                for (done, response) in answers.into_iter().zip(responses) {
-                    let _ = done.send(item_outcome(service, response));
+                let mut again = Vec::new();
+                for ((done, response), item) in
+                    answers.into_iter().zip(responses).zip(batch.requests)
+                {
+                    if stale_token && response.status == 401 {
+                        again.push(async move {
+                            let _ = done.send(self.send_item(service, item).await);
+                        });
+                    } else {
+                        let _ = done.send(item_outcome(service, response));
+                    }
                 }
+                futures::future::join_all(again).await;
             }
             Err(error) => {
                 for done in answers {

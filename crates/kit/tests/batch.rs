@@ -405,7 +405,11 @@ async fn concurrent_calls_share_requests_and_each_hears_its_own_answer() {
 /// that waited are sent on their own, or each hears the batch's failure.
 #[tokio::test]
 async fn calls_that_waited_fall_back_or_fail_together() {
-    for batch_status in [None, Some(StatusCode::SERVICE_UNAVAILABLE)] {
+    for batch_status in [
+        None,
+        Some(StatusCode::UNPROCESSABLE_ENTITY),
+        Some(StatusCode::SERVICE_UNAVAILABLE),
+    ] {
         let gate = Arc::new(Semaphore::new(0));
         let handled = Arc::new(AtomicUsize::new(0));
         let (gate_in, handled_in) = (gate.clone(), handled.clone());
@@ -454,7 +458,9 @@ async fn calls_that_waited_fall_back_or_fail_together() {
             .map(|joined| joined.expect("task"))
             .collect();
         match batch_status {
-            None => {
+            None | Some(StatusCode::UNPROCESSABLE_ENTITY) => {
+                // Without the route, or with the batch itself refused: a refusal of the batch
+                // says nothing about each call, so each is sent on its own.
                 assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
                 assert_eq!(handled.load(Ordering::SeqCst), 5, "each sent on its own");
             }
@@ -485,7 +491,9 @@ async fn calls_queued_behind_a_slow_request_leave_after_the_queue_wait() {
         slow.clone(),
     ))
     .await;
-    let client = client_for(port).with_max_queue_wait(Duration::from_millis(50));
+    let client = client_for(port)
+        .with_max_queue_wait(Duration::from_millis(50))
+        .with_timeout(Duration::from_secs(60));
     let stuck = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -538,4 +546,131 @@ async fn calls_queued_behind_a_slow_request_leave_after_the_queue_wait() {
         .expect("the slow one is answered too");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(client.waiting("stock"), 0);
+}
+
+/// Items refused with 401 (the cached token went stale: rotated keys, a revocation) are sent
+/// again once on their own with a fresh token, as a call alone would be.
+#[tokio::test]
+async fn items_refused_for_a_stale_token_are_sent_again_with_a_fresh_one() {
+    let issued = Arc::new(AtomicUsize::new(0));
+    let slow = Arc::new(Semaphore::new(0));
+    let (issued_in, slow_in) = (issued.clone(), slow.clone());
+    let routes = Router::new()
+        .route(
+            "/oauth2/token",
+            post(move || {
+                let issued = issued_in.clone();
+                async move {
+                    let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+                    axum::Json(json!({"access_token": format!("t{n}"), "expires_in": 300}))
+                }
+            }),
+        )
+        .route(
+            "/internal/v1/slow",
+            get(move || {
+                let slow = slow_in.clone();
+                async move {
+                    slow.acquire().await.expect("open").forget();
+                    "done"
+                }
+            }),
+        )
+        .route(
+            "/internal/v1/echo",
+            post(|headers: HeaderMap, body: axum::Json<Value>| async move {
+                // The first token issued has gone stale; any later one is good.
+                let token = headers.get("authorization").and_then(|v| v.to_str().ok());
+                if token.is_some_and(|t| t.starts_with("Bearer t") && t != "Bearer t1") {
+                    Ok(axum::Json(body.0))
+                } else {
+                    Err(StatusCode::UNAUTHORIZED)
+                }
+            }),
+        );
+    let port = serve(bazaar_kit::server::build_app(
+        routes,
+        None,
+        Readiness::default(),
+        Metrics::new(),
+        1024 * 1024,
+        true,
+    ))
+    .await;
+    let mut snapshot = Snapshot {
+        epoch: "test".into(),
+        version: 1,
+        ..Default::default()
+    };
+    for name in ["stock", "identity"] {
+        snapshot.services.insert(
+            name.into(),
+            vec![Instance {
+                id: format!("{name}-1"),
+                service: name.into(),
+                address: format!("http://127.0.0.1:{port}"),
+                version: "1".into(),
+                metadata: Default::default(),
+                status: InstanceStatus::Up,
+                registered_at_ms: 0,
+                last_heartbeat_ms: 0,
+            }],
+        );
+    }
+    let client = ServiceClient::new(Discovery::fixed(snapshot))
+        .with_credentials(bazaar_kit::client::Credentials {
+            client_id: "orders".into(),
+            client_secret: "secret".into(),
+        })
+        .with_max_queue_wait(Duration::from_secs(60))
+        .with_timeout(Duration::from_secs(60));
+
+    // The slow call goes alone with the first token (t1); the echo calls queue behind it and
+    // leave as one batch, still with t1, when it returns.
+    let stuck = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .send_coalesced("stock", Method::GET, "/internal/v1/slow", None::<&()>)
+                .await
+                .map(|response| response.status())
+        })
+    };
+    until("the first token is issued", || {
+        issued.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let queued: Vec<_> = (0..3)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .send_coalesced(
+                        "stock",
+                        Method::POST,
+                        "/internal/v1/echo",
+                        Some(&json!({"n": n})),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    until("three calls wait", || client.waiting("stock") == 3).await;
+    slow.add_permits(1);
+    assert_eq!(
+        stuck.await.expect("task").expect("answered"),
+        StatusCode::OK
+    );
+    for (n, call) in queued.into_iter().enumerate() {
+        let response = call
+            .await
+            .expect("task")
+            .expect("answered after a fresh token");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body, json!({"n": n}));
+    }
+    assert!(
+        issued.load(Ordering::SeqCst) >= 2,
+        "fresh tokens were fetched for the calls sent again"
+    );
 }
