@@ -171,6 +171,14 @@ struct Turn {
     service: String,
 }
 
+impl Lane {
+    /// The calls the next batch takes.
+    fn next_batch(&mut self) -> Vec<Waiting> {
+        let take = self.waiting.len().min(batch::MAX_ITEMS);
+        self.waiting.drain(..take).collect()
+    }
+}
+
 impl Drop for Turn {
     fn drop(&mut self) {
         let next = {
@@ -185,14 +193,21 @@ impl Drop for Turn {
                 lane.in_flight = lane.in_flight.saturating_sub(1);
                 return;
             }
-            let take = lane.waiting.len().min(batch::MAX_ITEMS);
-            lane.waiting.drain(..take).collect::<Vec<_>>()
+            lane.next_batch()
         };
         // The turn passes to the batch, which gives it up in its turn.
-        let turn = Turn {
+        Turn {
             client: self.client.clone(),
             service: self.service.clone(),
-        };
+        }
+        .send_in_background(next);
+    }
+}
+
+impl Turn {
+    /// Sends `next` in the background under this turn, which ends with the delivery.
+    fn send_in_background(self, next: Vec<Waiting>) {
+        let turn = self;
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
@@ -510,17 +525,13 @@ impl ServiceClient {
                 return;
             }
             lane.in_flight += 1;
-            let take = lane.waiting.len().min(batch::MAX_ITEMS);
-            lane.waiting.drain(..take).collect::<Vec<_>>()
+            lane.next_batch()
         };
-        let turn = Turn {
+        Turn {
             client: self.clone(),
             service: service.to_owned(),
-        };
-        tokio::spawn(async move {
-            turn.client.deliver(&turn.service, next).await;
-            drop(turn);
-        });
+        }
+        .send_in_background(next);
     }
 
     /// Sends one coalesced call on its own.
