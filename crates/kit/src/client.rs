@@ -171,6 +171,17 @@ struct Turn {
     service: String,
 }
 
+impl Lanes {
+    /// Runs `f` on `service`'s lane, under the lock (never held across an await).
+    fn with<R>(&self, service: &str, f: impl FnOnce(&mut Lane) -> R) -> R {
+        let mut lanes = self
+            .by_service
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(lanes.entry(service.to_owned()).or_default())
+    }
+}
+
 impl Lane {
     /// The calls the next batch takes.
     fn next_batch(&mut self) -> Vec<Waiting> {
@@ -181,19 +192,16 @@ impl Lane {
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        let next = {
-            let mut lanes = self
-                .client
-                .lanes
-                .by_service
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let lane = lanes.entry(self.service.clone()).or_default();
+        let next = self.client.lanes.with(&self.service, |lane| {
             if lane.waiting.is_empty() {
                 lane.in_flight = lane.in_flight.saturating_sub(1);
-                return;
+                None
+            } else {
+                Some(lane.next_batch())
             }
-            lane.next_batch()
+        });
+        let Some(next) = next else {
+            return;
         };
         // The turn passes to the batch, which gives it up in its turn.
         Turn {
@@ -416,12 +424,7 @@ impl ServiceClient {
     /// Coalesced calls to `service` waiting for a batch now (a measure of the queue, for
     /// metrics and tests).
     pub fn waiting(&self, service: &str) -> usize {
-        self.lanes
-            .by_service
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(service)
-            .map_or(0, |lane| lane.waiting.len())
+        self.lanes.with(service, |lane| lane.waiting.len())
     }
 
     /// Sends an internal call that may share a request with others to the same service
@@ -467,13 +470,7 @@ impl ServiceClient {
             headers,
             body,
         };
-        let queued = {
-            let mut lanes = self
-                .lanes
-                .by_service
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let lane = lanes.entry(service.to_owned()).or_default();
+        let queued = self.lanes.with(service, |lane| {
             if lane.in_flight < self.max_in_flight {
                 lane.in_flight += 1;
                 Err(item)
@@ -482,7 +479,7 @@ impl ServiceClient {
                 lane.waiting.push(Waiting { item, done });
                 Ok(answer)
             }
-        };
+        });
         match queued {
             Ok(mut answer) => {
                 let answered = match tokio::time::timeout(self.max_queue_wait, &mut answer).await {
@@ -514,18 +511,15 @@ impl ServiceClient {
 
     /// Sends what waits in `service`'s lane now, as one more request out.
     fn flush(&self, service: &str) {
-        let next = {
-            let mut lanes = self
-                .lanes
-                .by_service
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let lane = lanes.entry(service.to_owned()).or_default();
+        let next = self.lanes.with(service, |lane| {
             if lane.waiting.is_empty() {
-                return;
+                return None;
             }
             lane.in_flight += 1;
-            lane.next_batch()
+            Some(lane.next_batch())
+        });
+        let Some(next) = next else {
+            return;
         };
         Turn {
             client: self.clone(),

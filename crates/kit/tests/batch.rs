@@ -122,26 +122,48 @@ async fn serve(app: Router) -> u16 {
     port
 }
 
-fn client_for(port: u16) -> ServiceClient {
+/// A discovery view with `services` all at the test server on `port`.
+fn view(port: u16, services: &[&str]) -> Discovery {
     let mut snapshot = Snapshot {
         epoch: "test".into(),
         version: 1,
         ..Default::default()
     };
-    snapshot.services.insert(
-        "stock".into(),
-        vec![Instance {
-            id: "stock-1".into(),
-            service: "stock".into(),
-            address: format!("http://127.0.0.1:{port}"),
-            version: "1".into(),
-            metadata: Default::default(),
-            status: InstanceStatus::Up,
-            registered_at_ms: 0,
-            last_heartbeat_ms: 0,
-        }],
-    );
-    ServiceClient::new(Discovery::fixed(snapshot))
+    for name in services {
+        snapshot.services.insert(
+            (*name).into(),
+            vec![Instance {
+                id: format!("{name}-1"),
+                service: (*name).into(),
+                address: format!("http://127.0.0.1:{port}"),
+                version: "1".into(),
+                metadata: Default::default(),
+                status: InstanceStatus::Up,
+                registered_at_ms: 0,
+                last_heartbeat_ms: 0,
+            }],
+        );
+    }
+    Discovery::fixed(snapshot)
+}
+
+fn client_for(port: u16) -> ServiceClient {
+    ServiceClient::new(view(port, &["stock"]))
+}
+
+/// A coalesced call to the `stock` service, made in a task of its own.
+fn spawn_call(
+    client: &ServiceClient,
+    method: Method,
+    path: &'static str,
+    body: Option<Value>,
+) -> tokio::task::JoinHandle<Result<reqwest::Response, CallError>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        client
+            .send_coalesced("stock", method, path, body.as_ref())
+            .await
+    })
 }
 
 async fn post_batch(port: u16, body: Value, wait_ms: Option<u64>) -> (u16, Value) {
@@ -433,18 +455,12 @@ async fn calls_that_waited_fall_back_or_fail_together() {
             .with_max_queue_wait(Duration::from_secs(60));
         let calls: Vec<_> = (0..5)
             .map(|n| {
-                let client = client.clone();
-                tokio::spawn(async move {
-                    client
-                        .send_coalesced(
-                            "stock",
-                            Method::POST,
-                            "/internal/v1/echo",
-                            Some(&json!({"n": n})),
-                        )
-                        .await
-                        .map(|_| ())
-                })
+                spawn_call(
+                    &client,
+                    Method::POST,
+                    "/internal/v1/echo",
+                    Some(json!({"n": n})),
+                )
             })
             .collect();
         until("one call out, four waiting", || {
@@ -494,33 +510,19 @@ async fn calls_queued_behind_a_slow_request_leave_after_the_queue_wait() {
     let client = client_for(port)
         .with_max_queue_wait(Duration::from_millis(50))
         .with_timeout(Duration::from_secs(60));
-    let stuck = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            client
-                .send_coalesced("stock", Method::GET, "/internal/v1/slow", None::<&()>)
-                .await
-                .map(|response| response.status())
-        })
-    };
+    let stuck = spawn_call(&client, Method::GET, "/internal/v1/slow", None);
     until("the slow request is out", || {
         seen.requests.load(Ordering::SeqCst) == 1
     })
     .await;
     let queued: Vec<_> = (0..3)
         .map(|n| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                client
-                    .send_coalesced(
-                        "stock",
-                        Method::POST,
-                        "/internal/v1/echo",
-                        Some(&json!({"n": n})),
-                    )
-                    .await
-                    .map(|response| response.status())
-            })
+            spawn_call(
+                &client,
+                Method::POST,
+                "/internal/v1/echo",
+                Some(json!({"n": n})),
+            )
         })
         .collect();
     let answered = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(queued))
@@ -528,7 +530,7 @@ async fn calls_queued_behind_a_slow_request_leave_after_the_queue_wait() {
         .expect("the queued calls do not wait for the slow request");
     for outcome in answered {
         assert_eq!(
-            outcome.expect("task").expect("answered"),
+            outcome.expect("task").expect("answered").status(),
             StatusCode::CREATED
         );
     }
@@ -543,7 +545,8 @@ async fn calls_queued_behind_a_slow_request_leave_after_the_queue_wait() {
     let status = stuck
         .await
         .expect("task")
-        .expect("the slow one is answered too");
+        .expect("the slow one is answered too")
+        .status();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(client.waiting("stock"), 0);
 }
@@ -597,27 +600,7 @@ async fn items_refused_for_a_stale_token_are_sent_again_with_a_fresh_one() {
         true,
     ))
     .await;
-    let mut snapshot = Snapshot {
-        epoch: "test".into(),
-        version: 1,
-        ..Default::default()
-    };
-    for name in ["stock", "identity"] {
-        snapshot.services.insert(
-            name.into(),
-            vec![Instance {
-                id: format!("{name}-1"),
-                service: name.into(),
-                address: format!("http://127.0.0.1:{port}"),
-                version: "1".into(),
-                metadata: Default::default(),
-                status: InstanceStatus::Up,
-                registered_at_ms: 0,
-                last_heartbeat_ms: 0,
-            }],
-        );
-    }
-    let client = ServiceClient::new(Discovery::fixed(snapshot))
+    let client = ServiceClient::new(view(port, &["stock", "identity"]))
         .with_credentials(bazaar_kit::client::Credentials {
             client_id: "orders".into(),
             client_secret: "secret".into(),
@@ -627,38 +610,25 @@ async fn items_refused_for_a_stale_token_are_sent_again_with_a_fresh_one() {
 
     // The slow call goes alone with the first token (t1); the echo calls queue behind it and
     // leave as one batch, still with t1, when it returns.
-    let stuck = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            client
-                .send_coalesced("stock", Method::GET, "/internal/v1/slow", None::<&()>)
-                .await
-                .map(|response| response.status())
-        })
-    };
+    let stuck = spawn_call(&client, Method::GET, "/internal/v1/slow", None);
     until("the first token is issued", || {
         issued.load(Ordering::SeqCst) == 1
     })
     .await;
     let queued: Vec<_> = (0..3)
         .map(|n| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                client
-                    .send_coalesced(
-                        "stock",
-                        Method::POST,
-                        "/internal/v1/echo",
-                        Some(&json!({"n": n})),
-                    )
-                    .await
-            })
+            spawn_call(
+                &client,
+                Method::POST,
+                "/internal/v1/echo",
+                Some(json!({"n": n})),
+            )
         })
         .collect();
     until("three calls wait", || client.waiting("stock") == 3).await;
     slow.add_permits(1);
     assert_eq!(
-        stuck.await.expect("task").expect("answered"),
+        stuck.await.expect("task").expect("answered").status(),
         StatusCode::OK
     );
     for (n, call) in queued.into_iter().enumerate() {

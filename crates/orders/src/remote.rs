@@ -152,18 +152,11 @@ impl Remote {
     }
 
     /// A read of another service. When coalescing, internal reads and the saga's commands go
-    /// through [`ServiceClient::send_coalesced`]: with many orders in flight, the calls to one
-    /// service share requests (every command is idempotent by its key, so a failed batch is
-    /// retried like a failed call).
+    /// through [`ServiceClient::send_coalesced`] (which sends anything not internal on its
+    /// own): with many orders in flight, the calls to one service share requests (every
+    /// command is idempotent by its key, so a failed batch is retried like a failed call).
     async fn get<T: DeserializeOwned>(&self, service: &str, path: &str) -> Result<T, StepError> {
-        if path.starts_with("/internal/") {
-            self.call(service, Method::GET, path, None::<&()>).await
-        } else {
-            self.client
-                .get_json(service, path)
-                .await
-                .map_err(StepError::from_call)
-        }
+        self.call(service, Method::GET, path, None::<&()>).await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(
