@@ -15,12 +15,17 @@
 //! - on SQLite the write transactions of this process take turns (kit's `Database::write_turn`):
 //!   SQLite has one writer at a time and makes the others poll with growing sleeps (its busy
 //!   handler waits up to 100 ms between tries), which under load cost far more than the writes;
-//!   queued in memory, each write starts the moment the previous one commits. PostgreSQL locks rows, so its writers run side by side.
+//!   queued in memory, each write starts the moment the previous one commits. PostgreSQL locks rows, so its writers run side by side;
+//! - reservations, commits, releases and expiries go through kit's `GroupedWrites`: on SQLite
+//!   the ones waiting at the same moment (the items of one batched request from the orders
+//!   saga) share one commit, each in its own savepoint, so a refusal undoes only its own work.
+//!   Admin adjustments and the seed run their own transactions.
 
 use std::collections::BTreeMap;
 
 use bazaar_kit::audit::{AuditEvent, AuditLog};
-use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
+use bazaar_kit::group_commit::GroupedWrites;
+use bazaar_kit::storage::{now_ms, retry_conflicts, Connection, Database};
 use bazaar_messaging::{NewEvent, Outbox};
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
@@ -105,6 +110,8 @@ pub struct Repository {
     db: Database,
     outbox: Outbox,
     settings: Settings,
+    /// Reservations, commits, releases and expiries, committed together under load.
+    writes: GroupedWrites,
 }
 
 /// One product's stock at one warehouse, with the warehouse's position.
@@ -120,6 +127,7 @@ struct StockRow {
 impl Repository {
     pub fn new(db: Database, outbox: Outbox, settings: Settings) -> Self {
         Self {
+            writes: GroupedWrites::start(db.clone()),
             db,
             outbox,
             settings,
@@ -306,24 +314,45 @@ impl Repository {
     ) -> Result<Reserved, RepoError> {
         let fingerprint = fingerprint(lines);
         let ttl_ms = ttl_ms.unwrap_or(self.settings.reservation_ttl_ms).max(1);
-        let (outcome, appended) =
-            retry_conflicts(|| self.reserve_once(key, lines, destination, ttl_ms, &fingerprint))
-                .await?;
+        let command = (
+            self.clone(),
+            key.to_owned(),
+            lines.to_vec(),
+            destination,
+            ttl_ms,
+            fingerprint,
+        );
+        let (outcome, appended) = self
+            .writes
+            .run(
+                command,
+                |(this, key, lines, destination, ttl_ms, fingerprint), connection| {
+                    Box::pin(this.reserve_in(
+                        connection,
+                        key,
+                        lines,
+                        *destination,
+                        *ttl_ms,
+                        fingerprint,
+                    ))
+                },
+            )
+            .await?;
         self.notify_if(appended);
         outcome
     }
 
-    async fn reserve_once(
+    /// The transaction of [`Repository::reserve`], on the connection its writer gives.
+    async fn reserve_in(
         &self,
+        connection: &mut Connection,
         key: &str,
         lines: &[LineInput],
         destination: Point,
         ttl_ms: i64,
         fingerprint: &str,
     ) -> Result<(Result<Reserved, RepoError>, bool), sqlx::Error> {
-        let _turn = self.db.write_turn().await;
         let now = now_ms();
-        let mut connection = self.db.connection().await?;
         let mut tx = connection.begin().await?;
         // Claim the key first: the write takes SQLite's lock before anything is read, and on
         // PostgreSQL a concurrent claim of the same key waits for ours to commit or roll back.
@@ -428,7 +457,7 @@ impl Repository {
     /// may have been taken by then: the caller rolls back).
     async fn allocate(
         &self,
-        connection: &mut bazaar_kit::storage::Connection,
+        connection: &mut Connection,
         index: usize,
         line: &LineInput,
         destination: Point,
@@ -501,18 +530,23 @@ impl Repository {
     /// committed one is returned as it is; a released or expired one is refused with
     /// [`RepoError::Released`].
     pub async fn commit(&self, key: &str) -> Result<Reservation, RepoError> {
-        let (outcome, appended) = retry_conflicts(|| self.commit_once(key)).await?;
+        let (outcome, appended) = self
+            .writes
+            .run((self.clone(), key.to_owned()), |(this, key), connection| {
+                Box::pin(this.commit_in(connection, key))
+            })
+            .await?;
         self.notify_if(appended);
         outcome
     }
 
-    async fn commit_once(
+    /// The transaction of [`Repository::commit`], on the connection its writer gives.
+    async fn commit_in(
         &self,
+        connection: &mut Connection,
         key: &str,
     ) -> Result<(Result<Reservation, RepoError>, bool), sqlx::Error> {
-        let _turn = self.db.write_turn().await;
         let now = now_ms();
-        let mut connection = self.db.connection().await?;
         let mut tx = connection.begin().await?;
         let committed = sqlx::query(
             "UPDATE reservations SET status = 'committed', committed_at_ms = $1 \
@@ -587,21 +621,27 @@ impl Repository {
     /// arrives after the release it raced is refused. A committed one is refused with
     /// [`RepoError::Committed`].
     pub async fn release(&self, key: &str, reason: &str) -> Result<Reservation, RepoError> {
-        let (outcome, appended) = retry_conflicts(|| self.release_once(key, reason)).await?;
+        let command = (self.clone(), key.to_owned(), reason.to_owned());
+        let (outcome, appended) = self
+            .writes
+            .run(command, |(this, key, reason), connection| {
+                Box::pin(this.release_in(connection, key, reason))
+            })
+            .await?;
         self.notify_if(appended);
         outcome
     }
 
-    async fn release_once(
+    /// The transaction of [`Repository::release`], on the connection its writer gives.
+    async fn release_in(
         &self,
+        connection: &mut Connection,
         key: &str,
         reason: &str,
     ) -> Result<(Result<Reservation, RepoError>, bool), sqlx::Error> {
-        let _turn = self.db.write_turn().await;
         let now = now_ms();
-        let mut connection = self.db.connection().await?;
         let mut tx = connection.begin().await?;
-        // The tombstone insert is also the transaction's first write (see `reserve_once`).
+        // The tombstone insert is also the transaction's first write (see `reserve_in`).
         let tombstone = sqlx::query(
             "INSERT INTO reservations (reservation_key, status, fingerprint, reason, \
              created_at_ms, expires_at_ms, released_at_ms) \
@@ -660,7 +700,15 @@ impl Repository {
             .await?;
             let mut progress = 0;
             for key in &keys {
-                let appended = retry_conflicts(|| self.expire_once(key, now_ms)).await?;
+                let appended = self
+                    .writes
+                    .run(
+                        (self.clone(), key.clone(), now_ms),
+                        |(this, key, now_ms), connection| {
+                            Box::pin(this.expire_if_due(connection, key, *now_ms))
+                        },
+                    )
+                    .await?;
                 if let Some(appended) = appended {
                     progress += 1;
                     self.notify_if(appended);
@@ -676,9 +724,12 @@ impl Repository {
 
     /// Expires `key` if it is still reserved and expired at `now`: `Some(appended)` when it
     /// did, `None` when a commit or release got there first.
-    async fn expire_once(&self, key: &str, now: i64) -> Result<Option<bool>, sqlx::Error> {
-        let _turn = self.db.write_turn().await;
-        let mut connection = self.db.connection().await?;
+    async fn expire_if_due(
+        &self,
+        connection: &mut Connection,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<bool>, sqlx::Error> {
         let mut tx = connection.begin().await?;
         let expired = sqlx::query(
             "UPDATE reservations SET status = 'released', reason = $1, released_at_ms = $2 \
@@ -704,7 +755,7 @@ impl Repository {
     /// units; the events to publish.
     async fn expire_in(
         &self,
-        connection: &mut bazaar_kit::storage::Connection,
+        connection: &mut Connection,
         key: &str,
         now: i64,
     ) -> Result<Vec<NewEvent>, sqlx::Error> {
@@ -730,7 +781,7 @@ impl Repository {
     /// back above the threshold is re-armed).
     async fn return_units(
         &self,
-        connection: &mut bazaar_kit::storage::Connection,
+        connection: &mut Connection,
         key: &str,
         reason: &str,
         now: i64,
@@ -964,7 +1015,7 @@ impl Repository {
     /// below the threshold and it was not low yet, and re-arms it once back at or above.
     async fn check_low(
         &self,
-        connection: &mut bazaar_kit::storage::Connection,
+        connection: &mut Connection,
         product_id: &str,
         warehouse_id: &str,
     ) -> Result<Option<NewEvent>, sqlx::Error> {
@@ -1006,7 +1057,7 @@ impl Repository {
     /// Appends `events` to the outbox in the caller's transaction; whether there were any.
     async fn append(
         &self,
-        connection: &mut bazaar_kit::storage::Connection,
+        connection: &mut Connection,
         events: Vec<NewEvent>,
     ) -> Result<bool, sqlx::Error> {
         let any = !events.is_empty();
@@ -1032,7 +1083,7 @@ const ALLOCATION_COLUMNS: &str =
 
 /// The guarded update of an adjustment: applies only if on hand stays at or above reserved.
 async fn apply_delta(
-    connection: &mut bazaar_kit::storage::Connection,
+    connection: &mut Connection,
     product_id: &str,
     warehouse_id: &str,
     delta: i64,
@@ -1053,7 +1104,7 @@ async fn apply_delta(
 }
 
 async fn stock_rows(
-    connection: &mut bazaar_kit::storage::Connection,
+    connection: &mut Connection,
     product_id: &str,
 ) -> Result<Vec<StockRow>, sqlx::Error> {
     let rows = sqlx::query(
@@ -1077,7 +1128,7 @@ async fn stock_rows(
 }
 
 async fn read_reservation(
-    connection: &mut bazaar_kit::storage::Connection,
+    connection: &mut Connection,
     key: &str,
 ) -> Result<Option<Reservation>, sqlx::Error> {
     // The reservation and its allocations in one statement (one round trip, not two): a row

@@ -20,11 +20,14 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use futures::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::context::{self, RequestContext};
+use crate::storage::{retry_conflicts, Connection, Database, Engine};
 
 /// Writes a batch of items in one transaction.
 pub trait BatchWrite: Send + Sync + 'static {
@@ -129,6 +132,12 @@ impl<W: BatchWrite> GroupCommit<W> {
     }
 }
 
+/// Transactions written by every writer of this process, and the items in them (items per
+/// transaction is what the grouping buys): `bazaar_group_commits_total` and
+/// `bazaar_group_committed_items_total` in each service's `/metrics`.
+pub(crate) static COMMITS: LazyLock<Counter> = LazyLock::new(Counter::default);
+pub(crate) static COMMITTED_ITEMS: LazyLock<Counter> = LazyLock::new(Counter::default);
+
 async fn run<W: BatchWrite>(
     writer: W,
     mut queue: mpsc::Receiver<Pending<W::Item, W::Output>>,
@@ -137,7 +146,23 @@ async fn run<W: BatchWrite>(
 ) {
     let mut pending = Vec::with_capacity(max_batch);
     while queue.recv_many(&mut pending, max_batch).await > 0 {
+        // The first item's arrival woke this task, and tokio runs a task woken that way next,
+        // before the tasks already waiting to run (its "LIFO slot"): cut at once, nearly every
+        // batch would be that one item, while the requests that arrived with it (the items of
+        // one batched request, say) had not yet had their turn to queue theirs. One yield lets
+        // them; with nothing else ready to run it costs one turn of the scheduler.
+        if pending.len() < max_batch {
+            tokio::task::yield_now().await;
+            while pending.len() < max_batch {
+                match queue.try_recv() {
+                    Ok(more) => pending.push(more),
+                    Err(_) => break,
+                }
+            }
+        }
         batches.fetch_add(1, Ordering::Relaxed);
+        COMMITS.inc();
+        COMMITTED_ITEMS.inc_by(pending.len() as u64);
         let (batch, answers): (Vec<_>, Vec<_>) =
             pending.drain(..).map(|p| (p.queued, p.done)).unzip();
         match writer.write(&batch).await {
@@ -170,6 +195,184 @@ async fn run<W: BatchWrite>(
                 }
             }
         }
+    }
+}
+
+/// Write transactions of concurrent callers committed together, each still rolled back alone.
+///
+/// [`GroupCommit`] needs a [`BatchWrite`] per kind of write; this is the general form for a
+/// repository whose commands are each a transaction of their own (reserve, commit, record a
+/// payment...): [`GroupedWrites::run`] takes a command's transaction as a function of a
+/// connection. On SQLite one writer task runs every command waiting at that moment inside ONE
+/// database transaction, each in its own savepoint (the function's own
+/// [`Connection::begin`] nests as one), and commits once, so a batch of commands pays for one
+/// commit (its WAL frames and fsync-free write of each changed page) instead of one each. A
+/// command that rolls back (or fails) undoes only its own savepoint. On PostgreSQL, whose
+/// writers run side by side on their own connections, each command is its own transaction, as
+/// if it were run directly.
+///
+/// A command function:
+/// - begins its own transaction on the connection it is given ([`Connection::begin`]) and
+///   commits or drops it, exactly as if it had taken the connection itself: what it commits is
+///   durable once [`GroupedWrites::run`] returns `Ok`, what it leaves uncommitted is undone;
+/// - must not touch the database any other way (no query on the `Database`, no
+///   `write_turn`: the writer holds both, so that would wait for itself);
+/// - may run again after a [conflict](crate::storage::is_conflict), so it must start from
+///   scratch each time (as under [`retry_conflicts`]).
+///
+/// Commands that arrive together share a transaction only if they arrive while the writer is
+/// busy or in the same turn of the runtime; a lone command is a transaction of its own, with no
+/// savepoint and no timer.
+#[derive(Clone)]
+pub struct GroupedWrites {
+    db: Database,
+    /// The writer task, on SQLite only.
+    writer: Option<GroupCommit<SharedTransaction>>,
+}
+
+impl std::fmt::Debug for GroupedWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupedWrites")
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Commands one shared transaction takes at most.
+const GROUPED_WRITES_PER_COMMIT: usize = 64;
+
+/// A command's transaction: a function of the connection it runs on, and the state it reads.
+pub type Command<S, T> =
+    for<'c> fn(&'c S, &'c mut Connection) -> BoxFuture<'c, Result<T, sqlx::Error>>;
+
+impl GroupedWrites {
+    /// Groups the commands run on `db`: through a writer task (started on the current Tokio
+    /// runtime) on SQLite, one transaction each elsewhere.
+    pub fn start(db: Database) -> Self {
+        let writer = (db.engine() == Engine::Sqlite).then(|| {
+            GroupCommit::start(
+                SharedTransaction { db: db.clone() },
+                GROUPED_WRITES_PER_COMMIT,
+            )
+        });
+        Self { db, writer }
+    }
+
+    /// Shared transactions committed so far (0 where commands are not grouped).
+    pub fn batches(&self) -> u64 {
+        self.writer.as_ref().map_or(0, GroupCommit::batches)
+    }
+
+    /// Runs `command` with `state` in a transaction of its own or shared with the commands
+    /// queued beside it, again from the start after a conflict (see [`retry_conflicts`]), and
+    /// answers what it returned once what it committed is committed.
+    pub async fn run<S, T>(&self, state: S, command: Command<S, T>) -> Result<T, sqlx::Error>
+    where
+        S: Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let queued = Arc::new(QueuedCommand {
+            state,
+            command,
+            outcome: std::sync::Mutex::new(None),
+        });
+        retry_conflicts(|| self.run_once(queued.clone())).await
+    }
+
+    async fn run_once<S, T>(&self, queued: Arc<QueuedCommand<S, T>>) -> Result<T, sqlx::Error>
+    where
+        S: Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let Some(writer) = &self.writer else {
+            let _turn = self.db.write_turn().await;
+            let mut connection = self.db.connection().await?;
+            return (queued.command)(&queued.state, &mut connection).await;
+        };
+        writer
+            .write(queued.clone())
+            .await
+            .map_err(|error| match error {
+                GroupCommitError::Database(error) => sqlx::Error::Protocol(format!(
+                    "the transaction this write shared failed: {error}"
+                )),
+                GroupCommitError::Stopped => sqlx::Error::PoolClosed,
+            })?;
+        queued.take_outcome().unwrap_or_else(|| {
+            Err(sqlx::Error::Protocol(
+                "a grouped write was committed without running".into(),
+            ))
+        })
+    }
+}
+
+/// A command waiting for (or run by) the writer, and what it returned.
+struct QueuedCommand<S, T> {
+    state: S,
+    command: Command<S, T>,
+    outcome: std::sync::Mutex<Option<Result<T, sqlx::Error>>>,
+}
+
+impl<S, T> QueuedCommand<S, T> {
+    fn take_outcome(&self) -> Option<Result<T, sqlx::Error>> {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+}
+
+/// A queued command with its types erased, so commands of every kind share the writer.
+trait GroupedCommand: Send + Sync {
+    /// Runs the command on `connection`, keeping what it returned for its caller.
+    fn run<'c>(&'c self, connection: &'c mut Connection) -> BoxFuture<'c, ()>;
+}
+
+impl<S: Send + Sync + 'static, T: Send + 'static> GroupedCommand for QueuedCommand<S, T> {
+    fn run<'c>(&'c self, connection: &'c mut Connection) -> BoxFuture<'c, ()> {
+        Box::pin(async move {
+            let outcome = (self.command)(&self.state, connection).await;
+            *self
+                .outcome
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(outcome);
+        })
+    }
+}
+
+/// The writer's [`BatchWrite`]: every command of the batch in one transaction.
+struct SharedTransaction {
+    db: Database,
+}
+
+impl BatchWrite for SharedTransaction {
+    type Item = Arc<dyn GroupedCommand>;
+    type Output = ();
+
+    async fn write(
+        &self,
+        batch: &[Queued<Arc<dyn GroupedCommand>>],
+    ) -> Result<Vec<()>, sqlx::Error> {
+        let _turn = self.db.write_turn().await;
+        let mut connection = self.db.connection().await?;
+        if let [alone] = batch {
+            // Its own transaction is the whole transaction: no savepoint needed.
+            alone.in_context(alone.item.run(&mut connection)).await;
+            return Ok(vec![()]);
+        }
+        let mut shared = connection.begin().await?;
+        for queued in batch {
+            queued.in_context(queued.item.run(&mut shared)).await;
+            // After some errors (a full disk) SQLite rolls the whole transaction back: what
+            // the earlier commands did is gone, so none may be told it is committed.
+            if !shared.in_transaction() {
+                return Err(sqlx::Error::Protocol(
+                    "the database rolled back a shared transaction".into(),
+                ));
+            }
+        }
+        shared.commit().await?;
+        Ok(vec![(); batch.len()])
     }
 }
 

@@ -87,6 +87,16 @@ impl Metrics {
             "Internal requests received inside batches (each also counted under its route)",
             batched_items.clone(),
         );
+        registry.register(
+            "group_commits",
+            "Transactions written by this process's group-commit writers (kit::group_commit)",
+            crate::group_commit::COMMITS.clone(),
+        );
+        registry.register(
+            "group_committed_items",
+            "Writes committed by those transactions (writes per transaction is what grouping buys)",
+            crate::group_commit::COMMITTED_ITEMS.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             requests,

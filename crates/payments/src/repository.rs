@@ -12,8 +12,15 @@
 //! writer at a time and makes the others poll with growing sleeps (its busy handler waits up to
 //! 100 ms between tries), which under load cost far more than the writes; queued in memory,
 //! each write starts the moment the previous one commits. PostgreSQL locks rows, so its writers run side by side.
+//!
+//! The payment and operation writes of the checkout (pending payment, authorization result,
+//! pending operation, operation result) go through kit's `GroupedWrites`: on SQLite the ones
+//! waiting at the same moment (the items of one batched request from the orders saga) share
+//! one commit, each in its own savepoint. Each write is still committed before its caller
+//! goes on, so the write-ahead order above holds.
 
-use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
+use bazaar_kit::group_commit::GroupedWrites;
+use bazaar_kit::storage::{now_ms, Connection, Database};
 use bazaar_messaging::{NewEvent, Outbox};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -52,17 +59,6 @@ pub struct AuthorizationResult {
 const PAYMENT_COLUMNS: &str = "id, idempotency_key, order_id, user_id, card_token, last4, \
      amount_minor, currency, status, decline_code, processor_key, processor_id, created_at, \
      updated_at";
-
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => {
-            db.is_unique_violation()
-                || db.message().contains("UNIQUE constraint")
-                || db.code().as_deref() == Some("23505")
-        }
-        _ => false,
-    }
-}
 
 fn payment_from_row(row: &AnyRow) -> Result<StoredPayment, RepoError> {
     let status: String = row.try_get("status")?;
@@ -107,11 +103,17 @@ fn operation_from_row(row: &AnyRow) -> Result<StoredOperation, RepoError> {
 pub struct Repository {
     db: Database,
     outbox: Outbox,
+    /// Payment and operation writes, committed together under load.
+    writes: GroupedWrites,
 }
 
 impl Repository {
     pub fn new(db: Database, outbox: Outbox) -> Self {
-        Self { db, outbox }
+        Self {
+            writes: GroupedWrites::start(db.clone()),
+            db,
+            outbox,
+        }
     }
 
     pub fn database(&self) -> &Database {
@@ -173,38 +175,12 @@ impl Repository {
         &self,
         payment: &StoredPayment,
     ) -> Result<Inserted<StoredPayment>, RepoError> {
-        let p = &payment.payment;
-        let turn = self.db.write_turn().await;
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO payments ({PAYMENT_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-        ))
-        .bind(&p.payment_id)
-        .bind(&payment.idempotency_key)
-        .bind(&p.order_id)
-        .bind(&p.user_id)
-        .bind(&p.card_token)
-        .bind(&p.last4)
-        .bind(p.amount.amount_minor)
-        .bind(&p.amount.currency)
-        .bind(Status::Pending.as_str())
-        .bind(None::<String>)
-        .bind(&payment.processor_key)
-        .bind(None::<String>)
-        .bind(p.created_at_ms)
-        .bind(p.updated_at_ms)
-        .execute(&self.db)
-        .await;
-        drop(turn);
-        match inserted {
-            Ok(_) => Ok(Inserted::New(payment.clone())),
-            Err(error) if is_unique_violation(&error) => self
-                .payment_by_key(&payment.idempotency_key)
-                .await?
-                .map(Inserted::Existing)
-                .ok_or_else(|| RepoError::Database(error)),
-            Err(error) => Err(error.into()),
-        }
+        Ok(self
+            .writes
+            .run(payment.clone(), |payment, connection| {
+                Box::pin(insert_pending_in(connection, payment))
+            })
+            .await?)
     }
 
     /// A payment by id.
@@ -268,59 +244,23 @@ impl Repository {
             None => Status::Authorized,
             Some(_) => Status::Declined,
         };
-        let recorded = retry_conflicts(|| async {
-            let _turn = self.db.write_turn().await;
-            let mut connection = self.db.connection().await?;
-            let mut tx = connection.begin().await?;
-            // RETURNING: the payment as stored, without reading it back.
-            let updated = sqlx::query(&format!(
-                "UPDATE payments SET status = $1, decline_code = $2, processor_id = $3, \
-                 updated_at = $4 WHERE id = $5 AND status = $6 RETURNING {PAYMENT_COLUMNS}"
-            ))
-            .bind(status.as_str())
-            .bind(result.decline_code.clone())
-            .bind(&result.processor_id)
-            .bind(now_ms())
-            .bind(payment_id)
-            .bind(Status::Pending.as_str())
-            .fetch_optional(&mut *tx)
+        let command = (
+            self.outbox.clone(),
+            payment_id.to_owned(),
+            result.clone(),
+            status,
+        );
+        let recorded = self
+            .writes
+            .run(
+                command,
+                |(outbox, payment_id, result, status), connection| {
+                    Box::pin(record_authorization_in(
+                        connection, outbox, payment_id, result, *status,
+                    ))
+                },
+            )
             .await?;
-            let Some(row) = updated else {
-                tx.rollback().await?;
-                return Ok(None);
-            };
-            let stored = payment_from_row(&row).map_err(|e| sqlx::Error::Decode(e.into()))?;
-            let p = &stored.payment;
-            let event = match &result.decline_code {
-                None => NewEvent::new(
-                    "payment.authorized",
-                    &p.payment_id,
-                    &AuthorizedEvent {
-                        payment_id: p.payment_id.clone(),
-                        order_id: p.order_id.clone(),
-                        user_id: p.user_id.clone(),
-                        amount: p.amount.clone(),
-                        last4: p.last4.clone(),
-                    },
-                ),
-                Some(code) => NewEvent::new(
-                    "payment.declined",
-                    &p.payment_id,
-                    &DeclinedEvent {
-                        payment_id: p.payment_id.clone(),
-                        order_id: p.order_id.clone(),
-                        user_id: p.user_id.clone(),
-                        amount: p.amount.clone(),
-                        last4: p.last4.clone(),
-                        decline_code: code.clone(),
-                    },
-                ),
-            };
-            self.outbox.append_in(&mut tx, event).await?;
-            tx.commit().await?;
-            Ok(Some(stored))
-        })
-        .await?;
         match recorded {
             Some(stored) => {
                 self.outbox.notify();
@@ -352,29 +292,12 @@ impl Repository {
         &self,
         operation: &StoredOperation,
     ) -> Result<Inserted<StoredOperation>, RepoError> {
-        let now = now_ms();
-        let turn = self.db.write_turn().await;
-        let inserted = sqlx::query(
-            "INSERT INTO payment_operations (idempotency_key, payment_id, operation, \
-             processor_key, done, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, $5, $5)",
-        )
-        .bind(&operation.idempotency_key)
-        .bind(&operation.payment_id)
-        .bind(operation.operation.as_str())
-        .bind(&operation.processor_key)
-        .bind(now)
-        .execute(&self.db)
-        .await;
-        drop(turn);
-        match inserted {
-            Ok(_) => Ok(Inserted::New(operation.clone())),
-            Err(error) if is_unique_violation(&error) => self
-                .operation(&operation.idempotency_key)
-                .await?
-                .map(Inserted::Existing)
-                .ok_or_else(|| RepoError::Database(error)),
-            Err(error) => Err(error.into()),
-        }
+        Ok(self
+            .writes
+            .run(operation.clone(), |operation, connection| {
+                Box::pin(insert_operation_in(connection, operation))
+            })
+            .await?)
     }
 
     /// Stores that the processor did `operation`: the payment moves to the operation's status
@@ -384,56 +307,15 @@ impl Repository {
         &self,
         operation: &StoredOperation,
     ) -> Result<StoredPayment, RepoError> {
-        let op = operation.operation;
-        let recorded = retry_conflicts(|| async {
-            let _turn = self.db.write_turn().await;
-            let mut connection = self.db.connection().await?;
-            let mut tx = connection.begin().await?;
-            let now = now_ms();
-            // RETURNING: the payment as stored, without reading it back.
-            let updated = sqlx::query(&format!(
-                "UPDATE payments SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4 \
-                 RETURNING {PAYMENT_COLUMNS}"
-            ))
-            .bind(op.to_status().as_str())
-            .bind(now)
-            .bind(&operation.payment_id)
-            .bind(op.from_status().as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE payment_operations SET done = 1, updated_at = $1 \
-                 WHERE idempotency_key = $2",
+        let recorded = self
+            .writes
+            .run(
+                (self.outbox.clone(), operation.clone()),
+                |(outbox, operation), connection| {
+                    Box::pin(record_operation_in(connection, outbox, operation))
+                },
             )
-            .bind(now)
-            .bind(&operation.idempotency_key)
-            .execute(&mut *tx)
             .await?;
-            let stored = match updated {
-                Some(row) => {
-                    let stored =
-                        payment_from_row(&row).map_err(|e| sqlx::Error::Decode(e.into()))?;
-                    let p = &stored.payment;
-                    let payload = PaymentEvent {
-                        payment_id: p.payment_id.clone(),
-                        order_id: p.order_id.clone(),
-                        user_id: p.user_id.clone(),
-                        amount: p.amount.clone(),
-                    };
-                    self.outbox
-                        .append_in(
-                            &mut tx,
-                            NewEvent::new(op.event_type(), &p.payment_id, &payload),
-                        )
-                        .await?;
-                    Some(stored)
-                }
-                None => None,
-            };
-            tx.commit().await?;
-            Ok(stored)
-        })
-        .await?;
         match recorded {
             Some(stored) => {
                 self.outbox.notify();
@@ -446,6 +328,196 @@ impl Repository {
             }),
         }
     }
+}
+
+/// The transaction of [`Repository::insert_pending`], on the connection its writer gives: one
+/// statement, so no transaction of its own.
+async fn insert_pending_in(
+    connection: &mut Connection,
+    payment: &StoredPayment,
+) -> Result<Inserted<StoredPayment>, sqlx::Error> {
+    let p = &payment.payment;
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO payments ({PAYMENT_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         ON CONFLICT (idempotency_key) DO NOTHING"
+    ))
+    .bind(&p.payment_id)
+    .bind(&payment.idempotency_key)
+    .bind(&p.order_id)
+    .bind(&p.user_id)
+    .bind(&p.card_token)
+    .bind(&p.last4)
+    .bind(p.amount.amount_minor)
+    .bind(&p.amount.currency)
+    .bind(Status::Pending.as_str())
+    .bind(None::<String>)
+    .bind(&payment.processor_key)
+    .bind(None::<String>)
+    .bind(p.created_at_ms)
+    .bind(p.updated_at_ms)
+    .execute(&mut *connection)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        return Ok(Inserted::New(payment.clone()));
+    }
+    let row = sqlx::query(&format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE idempotency_key = $1"
+    ))
+    .bind(&payment.idempotency_key)
+    .fetch_one(&mut *connection)
+    .await?;
+    let existing = payment_from_row(&row).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    Ok(Inserted::Existing(existing))
+}
+
+/// The transaction of [`Repository::record_authorization`], on the connection its writer
+/// gives: the payment as stored, or `None` when it was no longer pending.
+async fn record_authorization_in(
+    connection: &mut Connection,
+    outbox: &Outbox,
+    payment_id: &str,
+    result: &AuthorizationResult,
+    status: Status,
+) -> Result<Option<StoredPayment>, sqlx::Error> {
+    let mut tx = connection.begin().await?;
+    // RETURNING: the payment as stored, without reading it back.
+    let updated = sqlx::query(&format!(
+        "UPDATE payments SET status = $1, decline_code = $2, processor_id = $3, \
+         updated_at = $4 WHERE id = $5 AND status = $6 RETURNING {PAYMENT_COLUMNS}"
+    ))
+    .bind(status.as_str())
+    .bind(result.decline_code.clone())
+    .bind(&result.processor_id)
+    .bind(now_ms())
+    .bind(payment_id)
+    .bind(Status::Pending.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = updated else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let stored = payment_from_row(&row).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    let p = &stored.payment;
+    let event = match &result.decline_code {
+        None => NewEvent::new(
+            "payment.authorized",
+            &p.payment_id,
+            &AuthorizedEvent {
+                payment_id: p.payment_id.clone(),
+                order_id: p.order_id.clone(),
+                user_id: p.user_id.clone(),
+                amount: p.amount.clone(),
+                last4: p.last4.clone(),
+            },
+        ),
+        Some(code) => NewEvent::new(
+            "payment.declined",
+            &p.payment_id,
+            &DeclinedEvent {
+                payment_id: p.payment_id.clone(),
+                order_id: p.order_id.clone(),
+                user_id: p.user_id.clone(),
+                amount: p.amount.clone(),
+                last4: p.last4.clone(),
+                decline_code: code.clone(),
+            },
+        ),
+    };
+    outbox.append_in(&mut tx, event).await?;
+    tx.commit().await?;
+    Ok(Some(stored))
+}
+
+/// The transaction of [`Repository::insert_operation`], on the connection its writer gives:
+/// one statement, so no transaction of its own.
+async fn insert_operation_in(
+    connection: &mut Connection,
+    operation: &StoredOperation,
+) -> Result<Inserted<StoredOperation>, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO payment_operations (idempotency_key, payment_id, operation, \
+         processor_key, done, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, $5, $5) \
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(&operation.idempotency_key)
+    .bind(&operation.payment_id)
+    .bind(operation.operation.as_str())
+    .bind(&operation.processor_key)
+    .bind(now_ms())
+    .execute(&mut *connection)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        return Ok(Inserted::New(operation.clone()));
+    }
+    let row = sqlx::query(
+        "SELECT idempotency_key, payment_id, operation, processor_key, done \
+         FROM payment_operations WHERE idempotency_key = $1",
+    )
+    .bind(&operation.idempotency_key)
+    .fetch_one(&mut *connection)
+    .await?;
+    let existing = operation_from_row(&row).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    Ok(Inserted::Existing(existing))
+}
+
+/// The transaction of [`Repository::record_operation`], on the connection its writer gives:
+/// the payment as stored, or `None` when it was not in the status the operation starts from.
+async fn record_operation_in(
+    connection: &mut Connection,
+    outbox: &Outbox,
+    operation: &StoredOperation,
+) -> Result<Option<StoredPayment>, sqlx::Error> {
+    let op = operation.operation;
+    let mut tx = connection.begin().await?;
+    let now = now_ms();
+
+    // RETURNING: the payment as stored, without reading it back.
+    let updated = sqlx::query(&format!(
+        "UPDATE payments SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4 \
+         RETURNING {PAYMENT_COLUMNS}"
+    ))
+    .bind(op.to_status().as_str())
+    .bind(now)
+    .bind(&operation.payment_id)
+    .bind(op.from_status().as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE payment_operations SET done = 1, updated_at = $1 \
+         WHERE idempotency_key = $2",
+    )
+    .bind(now)
+    .bind(&operation.idempotency_key)
+    .execute(&mut *tx)
+    .await?;
+    let stored = match updated {
+        Some(row) => {
+            let stored = payment_from_row(&row).map_err(|e| sqlx::Error::Decode(e.into()))?;
+            let p = &stored.payment;
+            let payload = PaymentEvent {
+                payment_id: p.payment_id.clone(),
+                order_id: p.order_id.clone(),
+                user_id: p.user_id.clone(),
+                amount: p.amount.clone(),
+            };
+            outbox
+                .append_in(
+                    &mut tx,
+                    NewEvent::new(op.event_type(), &p.payment_id, &payload),
+                )
+                .await?;
+            Some(stored)
+        }
+        None => None,
+    };
+    tx.commit().await?;
+    Ok(stored)
 }
 
 fn card_from_row(row: &AnyRow) -> Result<StoredCard, RepoError> {

@@ -5,10 +5,13 @@
 //! [`retry_conflicts`] because concurrent appends collide on the outbox sequence. A creation
 //! racing another for the same order inserts nothing (`ON CONFLICT (order_id) DO NOTHING`: the
 //! `order_id` is unique) and answers the winner's shipment, which is what makes creation
-//! idempotent under races too. Status changes are guarded by the status they change
+//! idempotent under races too. Creations go through kit's `GroupedWrites`: on SQLite the ones
+//! waiting at the same moment (the items of one batched request from the orders saga) share
+//! one commit, each in its own savepoint. Status changes are guarded by the status they change
 //! from, so two trackers running at once never record or announce a transition twice.
 
-use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
+use bazaar_kit::group_commit::GroupedWrites;
+use bazaar_kit::storage::{now_ms, retry_conflicts, Connection, Database};
 use bazaar_messaging::{NewEvent, Outbox};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -40,7 +43,7 @@ pub struct NewShipment {
     pub parcels: Vec<ParcelInput>,
 }
 
-/// What [`Repository::create_once`] did.
+/// What a creation did.
 enum Created {
     /// Inserted now: the shipment as stored.
     New(Box<Shipment>),
@@ -62,6 +65,8 @@ pub struct Repository {
     db: Database,
     outbox: Outbox,
     settings: Settings,
+    /// Shipment creations, committed together under load.
+    writes: GroupedWrites,
 }
 
 const COLUMNS: &str = "id, order_id, user_id, tracking_number, status, fee_minor, fee_currency, \
@@ -70,6 +75,7 @@ const COLUMNS: &str = "id, order_id, user_id, tracking_number, status, fee_minor
 impl Repository {
     pub fn new(db: Database, outbox: Outbox, settings: Settings) -> Self {
         Self {
+            writes: GroupedWrites::start(db.clone()),
             db,
             outbox,
             settings,
@@ -90,7 +96,14 @@ impl Repository {
         &self,
         new: &NewShipment,
     ) -> Result<(Shipment, bool), sqlx::Error> {
-        match retry_conflicts(|| self.create_once(new)).await? {
+        let created = self
+            .writes
+            .run(
+                (self.outbox.clone(), new.clone()),
+                |(outbox, new), connection| Box::pin(create_in(connection, outbox, new)),
+            )
+            .await?;
+        match created {
             Created::New(shipment) => {
                 self.outbox.notify();
                 Ok((*shipment, true))
@@ -100,91 +113,6 @@ impl Repository {
                 Ok((shipment, false))
             }
         }
-    }
-
-    async fn create_once(&self, new: &NewShipment) -> Result<Created, sqlx::Error> {
-        let _turn = self.db.write_turn().await;
-        let mut connection = self.db.connection().await?;
-        let mut tx = connection.begin().await?;
-        let id = uuid::Uuid::now_v7().to_string();
-        // A tracking number that collides with another violates its unique key: the retry
-        // draws a new one.
-        let tracking_number = tracking_number();
-        let now = now_ms();
-        let destination = serde_json::to_string(&new.destination)
-            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        let parcels =
-            serde_json::to_string(&new.parcels).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        let inserted = sqlx::query(
-            "INSERT INTO shipments (id, order_id, user_id, tracking_number, status, fee_minor, \
-             fee_currency, distance_km, estimated_days, destination, parcels, created_at_ms, \
-             updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
-             ON CONFLICT (order_id) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(&new.order_id)
-        .bind(&new.user_id)
-        .bind(&tracking_number)
-        .bind(status::LABEL_CREATED)
-        .bind(new.fee_minor)
-        .bind(crate::quote::FEE_CURRENCY)
-        .bind(new.distance_km)
-        .bind(new.estimated_days)
-        .bind(&destination)
-        .bind(&parcels)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            // The order has its shipment already (made since the caller looked): that one it
-            // is. Asking the unique key, rather than reading first, saves a statement.
-            tx.rollback().await?;
-            // On the connection this function holds: the database has no other on SQLite.
-            let existing: String =
-                sqlx::query_scalar("SELECT id FROM shipments WHERE order_id = $1")
-                    .bind(&new.order_id)
-                    .fetch_one(&mut connection)
-                    .await?;
-            return Ok(Created::Existing(existing));
-        }
-        insert_history(&mut tx, &id, 1, status::LABEL_CREATED, now).await?;
-        let payload = ShipmentCreated {
-            shipment_id: id.clone(),
-            order_id: new.order_id.clone(),
-            user_id: new.user_id.clone(),
-            tracking_number: tracking_number.clone(),
-            fee: Money::usd(new.fee_minor),
-        };
-        self.outbox
-            .append_in(
-                &mut tx,
-                NewEvent::new(events::SHIPMENT_CREATED, &id, &payload),
-            )
-            .await?;
-        tx.commit().await?;
-        // What was just written, as `get` would read it back (one statement and one round trip
-        // fewer per shipment).
-        Ok(Created::New(Box::new(Shipment {
-            shipment_id: id,
-            order_id: new.order_id.clone(),
-            user_id: new.user_id.clone(),
-            tracking_number,
-            status: status::LABEL_CREATED.to_owned(),
-            fee: Money {
-                amount_minor: new.fee_minor,
-                currency: crate::quote::FEE_CURRENCY.to_owned(),
-            },
-            distance_km: new.distance_km,
-            estimated_days: new.estimated_days,
-            destination: new.destination.clone(),
-            parcels: new.parcels.clone(),
-            history: vec![HistoryEntry {
-                status: status::LABEL_CREATED.to_owned(),
-                at: rfc3339(now),
-            }],
-            created_at: rfc3339(now),
-            updated_at: rfc3339(now),
-        })))
     }
 
     /// One shipment with its history.
@@ -358,8 +286,95 @@ impl Repository {
     }
 }
 
+/// The transaction of [`Repository::create_shipment`], on the connection its writer gives.
+async fn create_in(
+    connection: &mut Connection,
+    outbox: &Outbox,
+    new: &NewShipment,
+) -> Result<Created, sqlx::Error> {
+    let mut tx = connection.begin().await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    // A tracking number that collides with another violates its unique key: the retry
+    // draws a new one.
+    let tracking_number = tracking_number();
+    let now = now_ms();
+    let destination =
+        serde_json::to_string(&new.destination).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let parcels =
+        serde_json::to_string(&new.parcels).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let inserted = sqlx::query(
+        "INSERT INTO shipments (id, order_id, user_id, tracking_number, status, fee_minor, \
+         fee_currency, distance_km, estimated_days, destination, parcels, created_at_ms, \
+         updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(&new.order_id)
+    .bind(&new.user_id)
+    .bind(&tracking_number)
+    .bind(status::LABEL_CREATED)
+    .bind(new.fee_minor)
+    .bind(crate::quote::FEE_CURRENCY)
+    .bind(new.distance_km)
+    .bind(new.estimated_days)
+    .bind(&destination)
+    .bind(&parcels)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        // The order has its shipment already (made since the caller looked): that one it
+        // is. Asking the unique key, rather than reading first, saves a statement.
+        tx.rollback().await?;
+        // On the connection this function is given: the database has no other on SQLite.
+        let existing: String = sqlx::query_scalar("SELECT id FROM shipments WHERE order_id = $1")
+            .bind(&new.order_id)
+            .fetch_one(&mut *connection)
+            .await?;
+        return Ok(Created::Existing(existing));
+    }
+    insert_history(&mut tx, &id, 1, status::LABEL_CREATED, now).await?;
+    let payload = ShipmentCreated {
+        shipment_id: id.clone(),
+        order_id: new.order_id.clone(),
+        user_id: new.user_id.clone(),
+        tracking_number: tracking_number.clone(),
+        fee: Money::usd(new.fee_minor),
+    };
+    outbox
+        .append_in(
+            &mut tx,
+            NewEvent::new(events::SHIPMENT_CREATED, &id, &payload),
+        )
+        .await?;
+    tx.commit().await?;
+    // What was just written, as `get` would read it back (one statement and one round trip
+    // fewer per shipment).
+    Ok(Created::New(Box::new(Shipment {
+        shipment_id: id,
+        order_id: new.order_id.clone(),
+        user_id: new.user_id.clone(),
+        tracking_number,
+        status: status::LABEL_CREATED.to_owned(),
+        fee: Money {
+            amount_minor: new.fee_minor,
+            currency: crate::quote::FEE_CURRENCY.to_owned(),
+        },
+        distance_km: new.distance_km,
+        estimated_days: new.estimated_days,
+        destination: new.destination.clone(),
+        parcels: new.parcels.clone(),
+        history: vec![HistoryEntry {
+            status: status::LABEL_CREATED.to_owned(),
+            at: rfc3339(now),
+        }],
+        created_at: rfc3339(now),
+        updated_at: rfc3339(now),
+    })))
+}
+
 async fn insert_history(
-    connection: &mut bazaar_kit::storage::Connection,
+    connection: &mut Connection,
     shipment_id: &str,
     position: i64,
     status: &str,

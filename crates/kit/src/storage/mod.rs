@@ -240,6 +240,16 @@ impl Connection {
         })
     }
 
+    /// Whether a transaction (or savepoint) is open on this connection.
+    pub fn in_transaction(&self) -> bool {
+        match &self.inner {
+            Inner::Pooled(connection) => connection.lent.as_ref().is_some_and(|lent| {
+                AnyTransactionManager::get_transaction_depth(&lent.connection) > 0
+            }),
+            Inner::Held(sqlite) => sqlite.in_transaction(),
+        }
+    }
+
     /// Runs `query` on SQLite, here and now, keeping at most `max_rows` rows.
     fn run_sqlite<'q, E>(
         sqlite: &mut Sqlite,
