@@ -469,6 +469,23 @@ mod tests {
         assert!(batch_sizes > 200, "some callers shared a batch");
     }
 
+    // As services run: a multi-threaded runtime with one worker. There tokio runs the writer,
+    // woken by the first item, before the other tasks ready to run; without the writer's yield
+    // every item would be a batch of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn items_of_tasks_ready_together_share_a_batch_on_the_services_runtime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, writer) = setup(&dir).await;
+        let outcomes = write_all(&writer, (0..20).collect()).await;
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(stored(&db).await, 20);
+        assert!(
+            writer.batches() <= 3,
+            "20 items ready together took {} transactions",
+            writer.batches()
+        );
+    }
+
     #[tokio::test]
     async fn a_failing_batch_fails_every_caller_in_it_and_commits_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
