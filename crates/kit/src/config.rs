@@ -63,6 +63,11 @@ pub struct CommonConfig {
     pub nats_stream: String,
     /// How long published events are kept (in the outbox, and in the JetStream stream).
     pub event_retention_hours: u64,
+    /// Embedded transport: once a consumer has caught up with a feed, how long it lets events
+    /// gather before reading it again. Bounds each consumer to about 1000 / this many feed
+    /// requests and transactions a second per source, for at most this much more delay per
+    /// event.
+    pub event_gather_ms: u64,
 }
 
 /// The asynchronous transport for events.
@@ -125,6 +130,7 @@ impl CommonConfig {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             nats_stream: "BAZAAR_EVENTS".to_owned(),
             event_retention_hours: 24 * 7,
+            event_gather_ms: 40,
         }
     }
 

@@ -7,8 +7,9 @@
 //! unreachable source only delays delivery (G2): the cursor stays where it was and the reader
 //! backs off and retries.
 //!
-//! Once caught up, the reader lets events gather for [`GATHER`] before it asks again, so a busy
-//! source costs a page per gather instead of a page per event.
+//! Once caught up, the reader lets events gather (`event_gather_ms` in the common
+//! configuration) before it asks again, so a busy source costs a page per gather instead of a
+//! page per event.
 //!
 //! Per poll the reader touches its database only to apply what it received: it renews the lease
 //! only once a third of [`LEASE_TTL_MS`] has passed since it last wrote it, and it reads the
@@ -31,12 +32,6 @@ use crate::lag::Lag;
 const WAIT_MS: u64 = 5_000;
 /// Most events in one page, hence in one transaction.
 const PAGE: i64 = 100;
-/// After a page shorter than [`PAGE`] (the reader has caught up), how long the reader lets
-/// events gather before asking again. Without it, a busy source's feed is read and a
-/// transaction is applied for every event or two; with it, a reader makes at most about a
-/// hundred requests and transactions a second per source however busy the source, for at
-/// most this much more delay per event.
-const GATHER: Duration = Duration::from_millis(10);
 
 pub(crate) struct FeedReader {
     pub db: Database,
@@ -46,6 +41,12 @@ pub(crate) struct FeedReader {
     pub handler: Arc<dyn Handler>,
     pub holder: String,
     pub lag: Lag,
+    /// After a page shorter than [`PAGE`] (the reader has caught up), how long the reader lets
+    /// events gather before asking again. Without it, a busy source's feed is read and a
+    /// transaction is applied for every event or two; with it, a reader makes at most one
+    /// request and transaction per gather per source however busy the source, for at most
+    /// this much more delay per event.
+    pub gather: Duration,
 }
 
 impl FeedReader {
@@ -136,7 +137,10 @@ impl FeedReader {
             let Some(failure) = applied.failure else {
                 backoff.reset();
                 let caught_up = (page.events.len() as i64) < PAGE;
-                if caught_up && !page.events.is_empty() && wait_or_stop(&mut stop, GATHER).await {
+                if caught_up
+                    && !page.events.is_empty()
+                    && wait_or_stop(&mut stop, self.gather).await
+                {
                     break;
                 }
                 continue;

@@ -57,6 +57,8 @@ pub struct Messaging {
     lag: Lag,
     /// Identifies this process as a lease holder.
     instance: String,
+    /// How long a feed reader lets events gather once caught up (`event_gather_ms`).
+    gather: Duration,
     stop: watch::Sender<bool>,
 }
 
@@ -89,6 +91,7 @@ impl Messaging {
             nats,
             lag: Lag::register(metrics),
             instance: format!("{}-{}", common.service, uuid::Uuid::new_v4().simple()),
+            gather: Duration::from_millis(common.event_gather_ms),
             stop,
         };
         if let Some(nats) = &messaging.nats {
@@ -176,6 +179,7 @@ impl ConsumerBuilder {
                         handler,
                         holder: messaging.instance.clone(),
                         lag: messaging.lag.clone(),
+                        gather: messaging.gather,
                     };
                     tokio::spawn(reader.run(stop));
                 }

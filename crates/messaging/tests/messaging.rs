@@ -1,6 +1,6 @@
 //! Proves the messaging crate: the transactional outbox (G1; gap-free sequences in commit order
 //! under concurrent appenders), the feed endpoint (service tokens, paging, validation, long
-//! poll), the inbox (G3), the embedded transport end to end over real HTTP with a publisher
+//! poll), a caught-up reader's gathering of events into one page, the inbox (G3), the embedded transport end to end over real HTTP with a publisher
 //! restart (G2) and the lag gauge, batches (a page is one transaction; a handler failing on the
 //! k-th event commits exactly the events before it, then the rest once recovered, each once, in
 //! order; an event already in the inbox takes no second effect), the consumer lease on both
@@ -443,13 +443,24 @@ async fn start_feed_consumer(
     identity: &str,
     metrics: &Metrics,
 ) -> Messaging {
+    start_feed_consumer_with(&common(GROUP), db, issuer, publisher, identity, metrics).await
+}
+
+async fn start_feed_consumer_with(
+    common: &CommonConfig,
+    db: &Database,
+    issuer: &TestIssuer,
+    publisher: &str,
+    identity: &str,
+    metrics: &Metrics,
+) -> Messaging {
     let client = ServiceClient::new(discovery(&[(PUBLISHER, publisher), ("identity", identity)]))
         .with_credentials(Credentials {
             client_id: "bazaar-services".into(),
             client_secret: "test-secret".into(),
         });
     start(
-        &common(GROUP),
+        common,
         db,
         client,
         issuer.verifier(&["bazaar", GROUP]),
@@ -988,6 +999,63 @@ async fn feed_delivers_across_a_publisher_restart(publisher_url: String, consume
         applied(&consumer_db).await.len(),
         30,
         "still applied once each"
+    );
+    running.stop().await;
+}
+
+/// Once caught up, a reader lets events gather for `event_gather_ms` before it reads the feed
+/// again: events committed one by one meanwhile arrive in one page, applied in one transaction.
+#[tokio::test]
+async fn a_caught_up_reader_lets_events_gather_into_one_page() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let issuer = Arc::new(TestIssuer::new());
+    let identity = spawn_identity(issuer.clone()).await;
+    let publisher_db = open(&sqlite_url(dir.path(), "publisher")).await;
+    let publisher = start(
+        &common(PUBLISHER),
+        &publisher_db,
+        no_client(),
+        issuer.verifier(&["bazaar", PUBLISHER]),
+        &Metrics::new(),
+    )
+    .await;
+    let running = Running::serve(&publisher, 0).await;
+    let consumer_db = open(&sqlite_url(dir.path(), "consumer")).await;
+    create_applied_table(&consumer_db).await;
+    let mut gathering = common(GROUP);
+    gathering.event_gather_ms = 1_500;
+    let consumer = start_feed_consumer_with(
+        &gathering,
+        &consumer_db,
+        &issuer,
+        &running.address(),
+        &identity,
+        &Metrics::new(),
+    )
+    .await;
+    consumer
+        .consumer(GROUP)
+        .subscribe(PUBLISHER, Recorder::new("consumer"))
+        .spawn();
+    drop(consumer);
+
+    let mut events = append(publisher.outbox(), &publisher_db, 1).await;
+    await_applied(&consumer_db, 1).await;
+    // The reader has caught up and now waits: ten events committed apart (about 200 ms in
+    // all, each its own transaction, as a busy service commits them) all wait for it.
+    for _ in 0..10 {
+        events.extend(append(publisher.outbox(), &publisher_db, 1).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows = await_applied(&consumer_db, 11).await;
+    assert_applied_once_in_order(&rows, &events);
+    // Each page's transaction moves the cursor to its last event first, so the cursor each
+    // event saw names its page.
+    let pages: HashSet<Option<i64>> = rows[1..].iter().map(|row| row.cursor_seen).collect();
+    assert_eq!(
+        pages,
+        HashSet::from([Some(11)]),
+        "the ten gathered events were one page: {rows:?}"
     );
     running.stop().await;
 }
