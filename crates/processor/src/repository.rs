@@ -5,9 +5,12 @@
 //! effect's transaction starts by inserting its key, so of two concurrent requests with one key
 //! exactly one inserts it (the other waits for it to commit, then hits the primary key) and the
 //! loser answers with what the winner stored. The key row and the effect commit together, so
-//! an answer is stored if and only if its effect happened.
+//! an answer is stored if and only if its effect happened. Those writes go through kit's
+//! `GroupedWrites`: on SQLite the ones arriving together share a commit, each in its own
+//! savepoint, so a key's rollback undoes only its own request.
 
-use bazaar_kit::storage::{now_ms, retry_conflicts, Database};
+use bazaar_kit::group_commit::GroupedWrites;
+use bazaar_kit::storage::{now_ms, Connection, Database};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -94,11 +97,18 @@ fn authorization_from_row(row: &AnyRow) -> Result<Authorization, RepoError> {
 #[derive(Clone, Debug)]
 pub struct Repository {
     db: Database,
+    /// Authorizations and their transitions: on SQLite those arriving together share a
+    /// commit.
+    writes: GroupedWrites,
 }
 
 impl Repository {
+    /// Starts the writer on the current Tokio runtime (see `GroupedWrites`).
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            writes: GroupedWrites::start(db.clone()),
+            db,
+        }
     }
 
     pub fn database(&self) -> &Database {
@@ -164,42 +174,29 @@ impl Repository {
     ) -> Result<Recorded<()>, RepoError> {
         let body =
             serde_json::to_string(authorization).map_err(|e| RepoError::Corrupt(e.to_string()))?;
-        let recorded = retry_conflicts(|| async {
-            let _turn = self.db.write_turn().await;
-            let mut connection = self.db.connection().await?;
-            let mut tx = connection.begin().await?;
-            let inserted = insert_key(&mut tx, key, fingerprint, status, &body).await;
-            match inserted {
-                Err(error) if is_unique_violation(&error) => {
-                    tx.rollback().await?;
-                    return Ok(Recorded::Existing(existing(&mut connection, key).await?));
-                }
-                other => other?,
-            }
-            let a = authorization;
-            sqlx::query(
-                "INSERT INTO authorizations (id, token, reference, amount_minor, currency, \
-                 status, decline_code, state, captured_minor, refunded_minor, created_at, \
-                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        let command = (
+            key.to_owned(),
+            fingerprint.to_owned(),
+            status,
+            authorization.clone(),
+            body,
+        );
+        let recorded = self
+            .writes
+            .run(
+                command,
+                |(key, fingerprint, status, authorization, body), connection| {
+                    Box::pin(create_authorization_in(
+                        connection,
+                        key,
+                        fingerprint,
+                        *status,
+                        authorization,
+                        body,
+                    ))
+                },
             )
-            .bind(&a.id)
-            .bind(&a.token)
-            .bind(&a.reference)
-            .bind(a.amount_minor)
-            .bind(&a.currency)
-            .bind(a.status.as_str())
-            .bind(a.decline_code.clone())
-            .bind(a.state.as_str())
-            .bind(a.captured_minor)
-            .bind(a.refunded_minor)
-            .bind(a.created_at_ms)
-            .bind(a.updated_at_ms)
-            .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
-            Ok(Recorded::New(()))
-        })
-        .await?;
         Ok(recorded)
     }
 
@@ -237,72 +234,24 @@ impl Repository {
         id: &str,
         transition: Transition,
     ) -> Result<Option<TransitionOutcome>, RepoError> {
-        let attempt = retry_conflicts(|| async {
-            let _turn = self.db.write_turn().await;
-            let mut connection = self.db.connection().await?;
-            let mut tx = connection.begin().await?;
-            // The key first: it serializes requests with the same key before anything is read.
-            match insert_key(&mut tx, key, fingerprint, 0, "").await {
-                Err(error) if is_unique_violation(&error) => {
-                    tx.rollback().await?;
-                    let stored = existing(&mut connection, key).await?;
-                    return Ok(Attempt::Outcome(TransitionOutcome::Existing(stored)));
-                }
-                other => other?,
-            };
-            let row = sqlx::query(&format!("{AUTHORIZATION_SELECT} WHERE a.id = $1"))
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(row) = row else {
-                tx.rollback().await?;
-                return Ok(Attempt::Outcome(TransitionOutcome::NotFound));
-            };
-            let current = match authorization_from_row(&row) {
-                Ok(current) => current,
-                Err(error) => return Ok(Attempt::Corrupt(error.to_string())),
-            };
-            let next = match current.apply(transition, now_ms()) {
-                Ok(next) => next,
-                Err(invalid) => {
-                    tx.rollback().await?;
-                    return Ok(Attempt::Outcome(TransitionOutcome::Invalid(invalid)));
-                }
-            };
-            let updated = sqlx::query(
-                "UPDATE authorizations SET state = $1, captured_minor = $2, refunded_minor = $3, \
-                 updated_at = $4 WHERE id = $5 AND state = $6 AND captured_minor = $7 \
-                 AND refunded_minor = $8",
-            )
-            .bind(next.state.as_str())
-            .bind(next.captured_minor)
-            .bind(next.refunded_minor)
-            .bind(next.updated_at_ms)
-            .bind(id)
-            .bind(current.state.as_str())
-            .bind(current.captured_minor)
-            .bind(current.refunded_minor)
-            .execute(&mut *tx)
+        let command = (
+            key.to_owned(),
+            fingerprint.to_owned(),
+            id.to_owned(),
+            transition,
+        );
+        let attempt = self
+            .writes
+            .run(command, |(key, fingerprint, id, transition), connection| {
+                Box::pin(try_transition_in(
+                    connection,
+                    key,
+                    fingerprint,
+                    id,
+                    *transition,
+                ))
+            })
             .await?;
-            if updated.rows_affected() == 0 {
-                tx.rollback().await?;
-                return Ok(Attempt::Stale);
-            }
-            let body = match serde_json::to_string(&next) {
-                Ok(body) => body,
-                Err(error) => return Ok(Attempt::Corrupt(error.to_string())),
-            };
-            sqlx::query(
-                "UPDATE idempotency_keys SET status = 200, body = $1 WHERE idempotency_key = $2",
-            )
-            .bind(&body)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(Attempt::Outcome(TransitionOutcome::Done(next)))
-        })
-        .await?;
         match attempt {
             Attempt::Outcome(outcome) => Ok(Some(outcome)),
             Attempt::Stale => Ok(None),
@@ -355,7 +304,7 @@ impl Repository {
 }
 
 async fn insert_key(
-    connection: &mut bazaar_kit::storage::Connection,
+    connection: &mut Connection,
     key: &str,
     fingerprint: &str,
     status: u16,
@@ -376,7 +325,7 @@ async fn insert_key(
 }
 
 async fn stored_response(
-    connection: &mut bazaar_kit::storage::Connection,
+    connection: &mut Connection,
     key: &str,
 ) -> Result<Option<StoredResponse>, sqlx::Error> {
     let row = sqlx::query(
@@ -398,13 +347,122 @@ async fn stored_response(
 
 /// The answer stored under `key`, read after our insert of it lost (so it is committed), on the
 /// connection whose transaction lost (the database has no other on SQLite).
-async fn existing(
-    connection: &mut bazaar_kit::storage::Connection,
-    key: &str,
-) -> Result<StoredResponse, sqlx::Error> {
+async fn existing(connection: &mut Connection, key: &str) -> Result<StoredResponse, sqlx::Error> {
     stored_response(connection, key)
         .await?
         .ok_or(sqlx::Error::RowNotFound)
+}
+
+/// The transaction of [`Repository::create_authorization`], on the connection its writer
+/// gives.
+async fn create_authorization_in(
+    connection: &mut Connection,
+    key: &str,
+    fingerprint: &str,
+    status: u16,
+    authorization: &Authorization,
+    body: &str,
+) -> Result<Recorded<()>, sqlx::Error> {
+    let mut tx = connection.begin().await?;
+    let inserted = insert_key(&mut tx, key, fingerprint, status, body).await;
+    match inserted {
+        Err(error) if is_unique_violation(&error) => {
+            tx.rollback().await?;
+            return Ok(Recorded::Existing(existing(&mut *connection, key).await?));
+        }
+        other => other?,
+    }
+    let a = authorization;
+    sqlx::query(
+        "INSERT INTO authorizations (id, token, reference, amount_minor, currency, \
+         status, decline_code, state, captured_minor, refunded_minor, created_at, \
+         updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(&a.id)
+    .bind(&a.token)
+    .bind(&a.reference)
+    .bind(a.amount_minor)
+    .bind(&a.currency)
+    .bind(a.status.as_str())
+    .bind(a.decline_code.clone())
+    .bind(a.state.as_str())
+    .bind(a.captured_minor)
+    .bind(a.refunded_minor)
+    .bind(a.created_at_ms)
+    .bind(a.updated_at_ms)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Recorded::New(()))
+}
+
+/// One attempt of [`Repository::transition`], on the connection its writer gives.
+async fn try_transition_in(
+    connection: &mut Connection,
+    key: &str,
+    fingerprint: &str,
+    id: &str,
+    transition: Transition,
+) -> Result<Attempt, sqlx::Error> {
+    let mut tx = connection.begin().await?;
+    // The key first: it serializes requests with the same key before anything is read.
+    match insert_key(&mut tx, key, fingerprint, 0, "").await {
+        Err(error) if is_unique_violation(&error) => {
+            tx.rollback().await?;
+            let stored = existing(&mut *connection, key).await?;
+            return Ok(Attempt::Outcome(TransitionOutcome::Existing(stored)));
+        }
+        other => other?,
+    };
+    let row = sqlx::query(&format!("{AUTHORIZATION_SELECT} WHERE a.id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(Attempt::Outcome(TransitionOutcome::NotFound));
+    };
+    let current = match authorization_from_row(&row) {
+        Ok(current) => current,
+        Err(error) => return Ok(Attempt::Corrupt(error.to_string())),
+    };
+    let next = match current.apply(transition, now_ms()) {
+        Ok(next) => next,
+        Err(invalid) => {
+            tx.rollback().await?;
+            return Ok(Attempt::Outcome(TransitionOutcome::Invalid(invalid)));
+        }
+    };
+    let updated = sqlx::query(
+        "UPDATE authorizations SET state = $1, captured_minor = $2, refunded_minor = $3, \
+         updated_at = $4 WHERE id = $5 AND state = $6 AND captured_minor = $7 \
+         AND refunded_minor = $8",
+    )
+    .bind(next.state.as_str())
+    .bind(next.captured_minor)
+    .bind(next.refunded_minor)
+    .bind(next.updated_at_ms)
+    .bind(id)
+    .bind(current.state.as_str())
+    .bind(current.captured_minor)
+    .bind(current.refunded_minor)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        tx.rollback().await?;
+        return Ok(Attempt::Stale);
+    }
+    let body = match serde_json::to_string(&next) {
+        Ok(body) => body,
+        Err(error) => return Ok(Attempt::Corrupt(error.to_string())),
+    };
+    sqlx::query("UPDATE idempotency_keys SET status = 200, body = $1 WHERE idempotency_key = $2")
+        .bind(&body)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Attempt::Outcome(TransitionOutcome::Done(next)))
 }
 
 /// One try of a transition's transaction.
