@@ -206,15 +206,17 @@ async fn run<W: BatchWrite>(
 /// connection. On SQLite one writer task runs every command waiting at that moment inside ONE
 /// database transaction, each in its own savepoint (the function's own
 /// [`Connection::begin`] nests as one), and commits once, so a batch of commands pays for one
-/// commit (its WAL frames and fsync-free write of each changed page) instead of one each. A
-/// command that rolls back (or fails) undoes only its own savepoint. On PostgreSQL, whose
+/// commit (the WAL frames of each changed page, written once for the batch) instead of one
+/// each. A command that rolls back (or fails) undoes only its own savepoint; a command of a
+/// single statement needs no transaction of its own (a failed statement undoes itself). On PostgreSQL, whose
 /// writers run side by side on their own connections, each command is its own transaction, as
 /// if it were run directly.
 ///
 /// A command function:
 /// - begins its own transaction on the connection it is given ([`Connection::begin`]) and
 ///   commits or drops it, exactly as if it had taken the connection itself: what it commits is
-///   durable once [`GroupedWrites::run`] returns `Ok`, what it leaves uncommitted is undone;
+///   committed once [`GroupedWrites::run`] returns `Ok` (never before: a failed shared commit
+///   fails every command in it), what it leaves uncommitted is undone;
 /// - must not touch the database any other way (no query on the `Database`, no
 ///   `write_turn`: the writer holds both, so that would wait for itself);
 /// - may run again after a [conflict](crate::storage::is_conflict), so it must start from
