@@ -66,7 +66,7 @@ pub struct CommonConfig {
     /// Embedded transport: once a consumer has caught up with a feed, how long it lets events
     /// gather before reading it again. Bounds each consumer to about 1000 / this many feed
     /// requests and transactions a second per source, for at most this much more delay per
-    /// event.
+    /// event. At most 10,000 (services refuse to start otherwise).
     pub event_gather_ms: u64,
 }
 

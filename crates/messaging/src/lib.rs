@@ -62,6 +62,9 @@ pub struct Messaging {
     stop: watch::Sender<bool>,
 }
 
+/// The longest `event_gather_ms` accepted: ten seconds.
+pub const MAX_GATHER_MS: u64 = 10_000;
+
 impl Messaging {
     /// Opens the outbox and consumer tables in `db` and starts the transport's background work
     /// (the relay on NATS, retention on both). An unreachable NATS server does not stop the
@@ -73,6 +76,12 @@ impl Messaging {
         verifier: Arc<Verifier>,
         metrics: &Metrics,
     ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            common.event_gather_ms <= MAX_GATHER_MS,
+            "event_gather_ms is {}: at most {MAX_GATHER_MS} (a longer gather would hold every \
+             event back that long)",
+            common.event_gather_ms
+        );
         let outbox = Outbox::open(db, &common.service).await?;
         create_tables(db).await?;
         let retention = Duration::from_secs(common.event_retention_hours.max(1) * 3600);

@@ -1003,6 +1003,29 @@ async fn feed_delivers_across_a_publisher_restart(publisher_url: String, consume
     running.stop().await;
 }
 
+#[tokio::test]
+async fn a_gather_longer_than_ten_seconds_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(&sqlite_url(dir.path(), "consumer")).await;
+    let issuer = TestIssuer::new();
+    let mut too_long = common(GROUP);
+    too_long.event_gather_ms = bazaar_messaging::MAX_GATHER_MS + 1;
+    let refused = Messaging::start(
+        &too_long,
+        &db,
+        no_client(),
+        issuer.verifier(&["bazaar", GROUP]),
+        &Metrics::new(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        refused.to_string().contains("event_gather_ms is 10001"),
+        "{refused}"
+    );
+}
+
 /// Once caught up, a reader lets events gather for `event_gather_ms` before it reads the feed
 /// again: events committed one by one meanwhile arrive in one page, applied in one transaction.
 #[tokio::test]
