@@ -1031,29 +1031,20 @@ async fn a_gather_longer_than_ten_seconds_is_refused_at_start() {
 #[tokio::test]
 async fn a_caught_up_reader_lets_events_gather_into_one_page() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let issuer = Arc::new(TestIssuer::new());
-    let identity = spawn_identity(issuer.clone()).await;
-    let publisher_db = open(&sqlite_url(dir.path(), "publisher")).await;
-    let publisher = start(
-        &common(PUBLISHER),
-        &publisher_db,
-        no_client(),
-        issuer.verifier(&["bazaar", PUBLISHER]),
-        &Metrics::new(),
-    )
-    .await;
-    let running = Running::serve(&publisher, 0).await;
-    let consumer_db = open(&sqlite_url(dir.path(), "consumer")).await;
-    create_applied_table(&consumer_db).await;
     let mut gathering = common(GROUP);
     gathering.event_gather_ms = 1_500;
-    let consumer = start_feed_consumer_with(
+    let FeedSetup {
+        running,
+        publisher,
+        publisher_db,
+        consumer,
+        consumer_db,
+        mut events,
+    } = feed_setup_with(
         &gathering,
-        &consumer_db,
-        &issuer,
-        &running.address(),
-        &identity,
-        &Metrics::new(),
+        &sqlite_url(dir.path(), "publisher"),
+        &sqlite_url(dir.path(), "consumer"),
+        1,
     )
     .await;
     consumer
@@ -1061,8 +1052,6 @@ async fn a_caught_up_reader_lets_events_gather_into_one_page() {
         .subscribe(PUBLISHER, Recorder::new("consumer"))
         .spawn();
     drop(consumer);
-
-    let mut events = append(publisher.outbox(), &publisher_db, 1).await;
     await_applied(&consumer_db, 1).await;
     // The reader has caught up and now waits: ten events committed apart (about 200 ms in
     // all, each its own transaction, as a busy service commits them) all wait for it.
@@ -1112,12 +1101,25 @@ async fn feed_delivers_across_a_publisher_restart_postgres() {
 /// consuming service's messaging (nothing subscribed yet) that reaches it.
 struct FeedSetup {
     running: Running,
+    publisher: Messaging,
+    publisher_db: Database,
     consumer: Messaging,
     consumer_db: Database,
     events: Vec<EventEnvelope>,
 }
 
 async fn feed_setup(publisher_url: &str, consumer_url: &str, count: usize) -> FeedSetup {
+    feed_setup_with(&common(GROUP), publisher_url, consumer_url, count).await
+}
+
+/// A publisher serving its feed with `count` events already committed, and a consumer
+/// configured by `consumer_common` (not yet subscribed).
+async fn feed_setup_with(
+    consumer_common: &CommonConfig,
+    publisher_url: &str,
+    consumer_url: &str,
+    count: usize,
+) -> FeedSetup {
     let issuer = Arc::new(TestIssuer::new());
     let identity = spawn_identity(issuer.clone()).await;
     let publisher_db = open(publisher_url).await;
@@ -1133,7 +1135,8 @@ async fn feed_setup(publisher_url: &str, consumer_url: &str, count: usize) -> Fe
     let events = append(publisher.outbox(), &publisher_db, count).await;
     let consumer_db = open(consumer_url).await;
     create_applied_table(&consumer_db).await;
-    let consumer = start_feed_consumer(
+    let consumer = start_feed_consumer_with(
+        consumer_common,
         &consumer_db,
         &issuer,
         &running.address(),
@@ -1143,6 +1146,8 @@ async fn feed_setup(publisher_url: &str, consumer_url: &str, count: usize) -> Fe
     .await;
     FeedSetup {
         running,
+        publisher,
+        publisher_db,
         consumer,
         consumer_db,
         events,
@@ -1156,6 +1161,7 @@ async fn feed_page_stops_at_a_failing_event(publisher_url: String, consumer_url:
         consumer,
         consumer_db: db,
         events,
+        ..
     } = feed_setup(&publisher_url, &consumer_url, 10).await;
     let recorder = Recorder::failing_at("consumer", 4);
     consumer
@@ -1229,6 +1235,7 @@ async fn feed_page_skips_an_event_already_in_the_inbox(
         consumer,
         consumer_db: db,
         events,
+        ..
     } = feed_setup(&publisher_url, &consumer_url, 10).await;
     // The fifth event was applied before (say, delivered directly), and the cursor is still at 0.
     assert!(deliver(&db, GROUP, &Recorder::new("earlier"), &events[4])
