@@ -315,6 +315,33 @@ async fn sqlite_reads_and_binds_as_sqlx_did() {
     db.close().await;
 }
 
+/// A new SQLite file gets 1 KiB pages and the write-ahead log, and the service's connection
+/// keeps statement journals in memory and checkpoints every 4,000 pages (4 MiB of log): the
+/// settings that halve the bytes a checkout writes (docs/performance.md, tenth round).
+#[tokio::test]
+async fn sqlite_files_are_set_up_for_small_commits() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = open(&sqlite_url(dir.path(), "settings")).await;
+    let number = |pragma: &'static str| {
+        let db = &db;
+        async move {
+            sqlx::query_scalar::<_, i64>(pragma)
+                .fetch_one(db)
+                .await
+                .expect(pragma)
+        }
+    };
+    assert_eq!(number("PRAGMA page_size").await, 1024);
+    assert_eq!(number("PRAGMA wal_autocheckpoint").await, 4000);
+    assert_eq!(number("PRAGMA temp_store").await, 2, "2 is MEMORY");
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&db)
+        .await
+        .expect("journal mode");
+    assert_eq!(journal, "wal");
+    db.close().await;
+}
+
 /// On SQLite, a transaction left open on the one connection (a `BEGIN` sent outside
 /// `Transaction`) is rolled back at the next checkout instead of swallowing its statements.
 #[tokio::test]

@@ -406,9 +406,16 @@ impl Database {
                     .await
                     .map_err(connect_error)?;
                 // WAL lets readers in other processes (`bazaar reconcile`) proceed during a
-                // write, and is kept in the file.
+                // write, and is kept in the file. A new file gets 1 KiB pages (set before its
+                // first table; an existing file keeps its own): a commit writes every page it
+                // changed to the log whole, and the services' writes change a few rows in
+                // several tables and indexes, so smaller pages halve the bytes written per
+                // checkout (docs/performance.md, tenth round).
                 migrating
-                    .execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")
+                    .execute(
+                        "PRAGMA page_size = 1024; PRAGMA journal_mode = WAL; \
+                         PRAGMA busy_timeout = 5000;",
+                    )
                     .await
                     .map_err(connect_error)?;
                 migrator.run_direct(&mut migrating).await?;

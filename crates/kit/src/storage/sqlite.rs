@@ -32,6 +32,9 @@ use sqlx::Either;
 use sqlx_core::any::{AnyColumn, AnyValueKind};
 use sqlx_core::ext::ustr::UStr;
 
+/// Pages written to the write-ahead log between automatic checkpoints: 4 MiB of the 1 KiB pages
+/// new databases get, the log size SQLite's default of 1,000 pages gives 4 KiB pages.
+const CHECKPOINT_PAGES: u32 = 4_000;
 /// Prepared statements kept per connection: every distinct query text of a service fits.
 const STATEMENT_CACHE: usize = 256;
 
@@ -71,12 +74,16 @@ impl Sqlite {
         // instance of the same service on the same file writes to it (`bazaar up` runs one;
         // `bazaar` commands only read), for microseconds per transaction. NORMAL sync in WAL
         // mode is durable across process crashes; WAL itself is a property of the file, set
-        // when it was created.
+        // when it was created. Statement and savepoint journals stay in memory: a grouped
+        // write's savepoints otherwise spill them to temporary files. A checkpoint (an fsync of
+        // the log and of the database file, and a copy of every page changed since the last)
+        // comes every `CHECKPOINT_PAGES` pages of log.
         connection
-            .execute_batch(
+            .execute_batch(&format!(
                 "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; \
-                 PRAGMA foreign_keys = ON;",
-            )
+                 PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; \
+                 PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES};"
+            ))
             .map_err(into_sqlx)?;
         connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Self {
