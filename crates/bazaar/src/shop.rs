@@ -142,10 +142,12 @@ pub async fn checkout(global: Global, args: CheckoutArgs) -> anyhow::Result<()> 
     if args.wait {
         let deadline = Instant::now() + Duration::from_secs(args.wait_seconds);
         loop {
+            // The orders service holds each answer until the order finishes (at most 5 s).
+            let left = deadline.saturating_duration_since(Instant::now()).as_secs();
             order = shop
                 .call(
                     reqwest::Method::GET,
-                    &format!("/api/v1/orders/{order_id}"),
+                    &format!("/api/v1/orders/{order_id}?wait={}", left.clamp(1, 5)),
                     None,
                     &[],
                 )
@@ -153,7 +155,6 @@ pub async fn checkout(global: Global, args: CheckoutArgs) -> anyhow::Result<()> 
             if order["status"] != "pending" || Instant::now() >= deadline {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     if global.json {

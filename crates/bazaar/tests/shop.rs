@@ -297,6 +297,31 @@ fn checkout_scenario((shop, base_port): (Shop, u16)) {
     assert_eq!(again, 200, "{replay}");
     assert_eq!(replay["order_id"], id);
 
+    // Asked right after placing, with `wait`, the status answer is held until the order
+    // finishes (it is still in its first steps now): the outcome, or pending only once the
+    // whole wait has passed. A `wait` out of range is a problem naming it.
+    let asked = std::time::Instant::now();
+    let (status, waited) = shop.call(
+        reqwest::Method::GET,
+        &format!("/api/v1/orders/{id}?wait=5"),
+        None,
+    );
+    assert_eq!(status, 200, "{waited}");
+    assert!(
+        waited["status"] != "pending" || asked.elapsed() >= Duration::from_secs(5),
+        "answered pending after {:?} of a 5 s wait: {waited}",
+        asked.elapsed()
+    );
+    for bad in ["6", "soon", "-1"] {
+        let (status, problem) = shop.call(
+            reqwest::Method::GET,
+            &format!("/api/v1/orders/{id}?wait={bad}"),
+            None,
+        );
+        assert_eq!(status, 400, "wait={bad}: {problem}");
+        assert_eq!(problem["field"], "wait", "wait={bad}: {problem}");
+    }
+
     let order = shop.await_terminal(&id, Duration::from_secs(60));
     assert_eq!(order["status"], "confirmed", "{order:#}");
     assert!(order["tracking_number"].is_string(), "{order:#}");

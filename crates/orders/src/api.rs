@@ -16,13 +16,13 @@ use serde_json::json;
 use utoipa::OpenApi;
 
 use crate::model::{
-    Address, HistoryEntry, ListQuery, Money, Order, OrderLine, OrderList, PlaceOrder, Placed,
-    SagaState,
+    Address, HistoryEntry, ListQuery, Money, Order, OrderLine, OrderList, OrderQuery, PlaceOrder,
+    Placed, SagaState,
 };
 use crate::remote::StepError;
 use crate::repository::StoredOrder;
 use crate::saga::step;
-use crate::AppState;
+use crate::{finishes, AppState};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -250,28 +250,60 @@ async fn my_orders(
     }))
 }
 
-/// One order with its saga's steps; only its owner (or an admin) sees it.
+/// One order with its saga's steps; only its owner (or an admin) sees it. With `wait`, a
+/// pending order's answer waits until the order is confirmed or cancelled (or `wait` seconds
+/// pass), so a client learns the outcome with one request instead of polling.
 #[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders",
-    params(("id" = String, Path, description = "Order id")),
+    params(("id" = String, Path, description = "Order id"), OrderQuery),
     responses((status = 200, description = "The order", body = Order),
+        (status = 400, description = "`wait` out of range", body = Problem),
         (status = 404, description = "No such order (or not yours)", body = Problem)))]
 async fn get_order(
     State(state): State<AppState>,
     Caller(claims): Caller,
     Path(id): Path<String>,
+    Query(query): Query<OrderQuery>,
 ) -> ApiResult<axum::Json<Order>> {
+    let wait = query.wait()?;
+    let mut order = visible_order(&state, &claims, &id).await?;
+    if order.status == "pending" && !wait.is_zero() {
+        let deadline = tokio::time::Instant::now() + wait;
+        let watch = state.saga.finishes().watch(&id);
+        loop {
+            // Taken before the read, so a finish between the read and the wait is not missed.
+            let finished = watch.next_announcement();
+            order = visible_order(&state, &claims, &id).await?;
+            let now = tokio::time::Instant::now();
+            if order.status != "pending" || now >= deadline {
+                break;
+            }
+            // Woken when this instance finishes the order; read again now and then in case
+            // another instance does.
+            let _ = tokio::time::timeout_at(deadline.min(now + finishes::RECHECK), finished).await;
+        }
+    }
+    let history = state.repository.history(&id).await.map_err(db)?;
+    Ok(axum::Json(order.into_order(history)))
+}
+
+/// Order `id` if the caller may see it (its owner or an admin); 404 otherwise, as if it did not
+/// exist.
+async fn visible_order(
+    state: &AppState,
+    claims: &bazaar_auth::Claims,
+    id: &str,
+) -> ApiResult<StoredOrder> {
     let not_found = || ApiError::not_found(format!("there is no order with id {id}"));
     let order = state
         .repository
-        .get(&id)
+        .get(id)
         .await
         .map_err(db)?
         .ok_or_else(not_found)?;
     if order.user_id != claims.sub && !claims.is_admin() {
         return Err(not_found());
     }
-    let history = state.repository.history(&id).await.map_err(db)?;
-    Ok(axum::Json(order.into_order(history)))
+    Ok(order)
 }
 
 /// Every order (admins).

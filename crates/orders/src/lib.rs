@@ -6,6 +6,7 @@
 //! - [`repository`]: every SQL statement (orders, their history, the outbox writes);
 //! - [`remote`]: typed calls to cart, inventory, payments, shipping and currency;
 //! - [`saga`]: the worker that drives pending orders, its state persisted as it goes;
+//! - [`finishes`]: wakes the status requests waiting for an order to finish (`?wait=`);
 //! - `api`: the handlers and the OpenAPI document.
 //!
 //! Invariants: one order per (user, idempotency key); an order is `pending` until its saga ends
@@ -13,6 +14,7 @@
 //! `order.confirmed` and `order.cancelled` commit with the state change they announce.
 
 mod api;
+pub mod finishes;
 pub mod model;
 pub mod remote;
 pub mod repository;

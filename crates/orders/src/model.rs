@@ -189,6 +189,34 @@ pub struct SagaState {
     pub tracking_number: Option<String>,
 }
 
+/// Query of one order's status.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct OrderQuery {
+    /// While the order is `pending`, wait up to this many seconds (at most 5) for it to be
+    /// confirmed or cancelled before answering; answers at once when it is not pending.
+    #[serde(default)]
+    pub wait: Option<u64>,
+}
+
+impl OrderQuery {
+    /// Longest wait a request may ask for: well inside the gateway's 10 s route timeout.
+    pub const MAX_WAIT_SECONDS: u64 = 5;
+
+    pub fn wait(&self) -> Result<std::time::Duration, ApiError> {
+        match self.wait {
+            None => Ok(std::time::Duration::ZERO),
+            Some(seconds) if seconds <= Self::MAX_WAIT_SECONDS => {
+                Ok(std::time::Duration::from_secs(seconds))
+            }
+            Some(_) => Err(ApiError::invalid(
+                "wait",
+                "must be a whole number of seconds from 0 to 5",
+            )),
+        }
+    }
+}
+
 /// Query of the order listings.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -31,6 +31,7 @@ use bazaar_messaging::{NewEvent, Outbox};
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::finishes::Finishes;
 use crate::model::{HistoryEntry, Money, SagaState};
 use crate::remote::{Parcel, Remote, StepError};
 use bazaar_kit::group_commit::{GroupCommit, GroupCommitError};
@@ -85,6 +86,8 @@ pub struct Saga {
     /// Orders this worker is driving now: `due` still lists an order between its task's start
     /// and its claim, and driving it twice would repeat (idempotent, but costly) steps.
     driving: Arc<Mutex<HashSet<String>>>,
+    /// Requests waiting for an order to finish, woken when this worker finishes it.
+    finishes: Finishes,
 }
 
 /// What a step changed in the order's saga state and amounts.
@@ -147,7 +150,13 @@ impl Saga {
             wake: Arc::new(Notify::new()),
             permits: Arc::new(Semaphore::new(PARALLEL)),
             driving: Arc::new(Mutex::new(HashSet::new())),
+            finishes: Finishes::default(),
         }
+    }
+
+    /// The requests waiting for orders this worker drives to finish.
+    pub fn finishes(&self) -> &Finishes {
+        &self.finishes
     }
 
     /// Wakes the worker (a new order is waiting).
@@ -328,6 +337,8 @@ impl Saga {
                 // It waits for a retry: the worker loop must know its new due time. (An order
                 // that finished needs no look for due orders, which costs two queries.)
                 self.wake();
+            } else if status != "pending" {
+                self.finishes.announce(&id);
             }
         }
         Ok(next.filter(|_| recorded))

@@ -553,8 +553,10 @@ async fn orders(State(state): State<AppState>, visitor: Visitor) -> Response {
     )
 }
 
-/// `GET /orders/{id}`: the order's status as the saga advances (the page reloads itself while
-/// it is pending), its steps, payment and shipment tracking.
+/// `GET /orders/{id}`: the order's status as the saga advances, its steps, payment and shipment
+/// tracking. A pending order's page waits up to 2 s for the order to finish (the orders
+/// service's `?wait=`, inside the backend's 3 s timeout), so a shopper sent here by checkout
+/// usually sees the outcome at once; it reloads itself while the order is still pending.
 async fn order(
     State(state): State<AppState>,
     visitor: Visitor,
@@ -564,14 +566,18 @@ async fn order(
         return Ok(signin);
     }
     let caller = visitor.caller();
-    let order_path = format!("/api/v1/orders/{}", query_value(&id));
+    let order_path = format!("/api/v1/orders/{}?wait=2", query_value(&id));
     let shipments_path = format!("/api/v1/shipments?order_id={}", query_value(&id));
-    let (chrome, order, shipments) = tokio::join!(
+    let (chrome, order) = tokio::join!(
         visitor.chrome(&state),
         state.backend.get(&caller, "orders", &order_path),
-        state.backend.get(&caller, "shipping", &shipments_path),
     );
     let order = order.map_err(|e| PageError::from(e).with_chrome(&chrome))?;
+    // After the order's answer: a shipment created while it waited is shown.
+    let shipments = state
+        .backend
+        .get(&caller, "shipping", &shipments_path)
+        .await;
     let pending = order.get("status").and_then(Value::as_str) == Some("pending");
     Ok(render(
         "order.html",

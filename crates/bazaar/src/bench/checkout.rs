@@ -8,7 +8,8 @@
 //!
 //! Load: `--connections` loops each place orders back to back (one request in flight, a fresh
 //! `Idempotency-Key` each) for `--warmup` and then `--seconds`; with `--closed-loop` each loop
-//! first waits for its order to finish (polling its status), so the offered load is what the
+//! first waits for its order to finish (one status request the orders service holds until the
+//! order is done: `?wait=`), so the offered load is what the
 //! saga sustains instead of a growing backlog. An order takes the whole cart and
 //! its confirmation removes the ordered unit from the cart asynchronously (an event), so a
 //! cart holds one unit or none: a placement answered `422 empty_cart` puts the unit back and
@@ -330,7 +331,6 @@ async fn place_loop(
         "card_token": shopper.card_token,
     });
     let mut sequence = 0u64;
-    let mut typical = Duration::ZERO;
     while Instant::now() < window_end {
         sequence += 1;
         if closed_loop && sequence > 1 {
@@ -383,9 +383,7 @@ async fn place_loop(
                         in_window: sent >= window_start,
                     });
                     if closed_loop {
-                        if let Some(outcome) =
-                            await_order(api, &shopper.token, id, &mut typical).await
-                        {
+                        if let Some(outcome) = await_order(api, &shopper.token, id).await {
                             result.outcomes.push((id.to_owned(), outcome));
                         }
                     }
@@ -421,31 +419,19 @@ async fn place_loop(
     result
 }
 
-/// Polls an order (closed loop) until it is terminal; `None` if it is not within a minute.
-/// `typical` is this loop's running estimate of how long an order takes: the first look is a
-/// little before that, so waiting costs a few status reads per order rather than a dozen (each
-/// read is load on the gateway and orders that the saga competes with). The latency reported
+/// Waits (closed loop) until an order is terminal, `None` if it is not within a minute: each
+/// status request asks the orders service to hold its answer until the order finishes (`wait`,
+/// at most 5 s), so an order costs one status read however long it takes. The latency reported
 /// comes from the order's own timestamps, not from when it was seen.
-async fn await_order(api: &Api, token: &str, id: &str, typical: &mut Duration) -> Option<Outcome> {
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(60);
-    let mut pause = (*typical * 9 / 10).max(Duration::from_millis(10));
-    let mut first = true;
+async fn await_order(api: &Api, token: &str, id: &str) -> Option<Outcome> {
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        tokio::time::sleep(pause).await;
-        if let Some(outcome) = api.order(token, id).await {
-            if outcome.status != "pending" {
-                *typical = (*typical * 3 + started.elapsed()) / 4;
-                return Some(outcome);
-            }
+        match api.order_when_done(token, id).await {
+            Some(outcome) if outcome.status != "pending" => return Some(outcome),
+            Some(_) => {}
+            // Refused or unreachable: do not hammer the gateway.
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
-        // Not yet: it is due any moment, so look again soon, backing off if it is not.
-        pause = if first {
-            Duration::from_millis(20)
-        } else {
-            (pause * 3 / 2).min(Duration::from_millis(200))
-        };
-        first = false;
     }
     None
 }
@@ -633,13 +619,20 @@ impl Api {
 
     /// An order's status, `None` when it cannot be read now.
     async fn order(&self, token: &str, id: &str) -> Option<Outcome> {
+        self.read_order(token, &format!("/api/v1/orders/{id}"))
+            .await
+    }
+
+    /// The order once it is terminal, or still pending after the longest wait the orders
+    /// service grants (5 s).
+    async fn order_when_done(&self, token: &str, id: &str) -> Option<Outcome> {
+        self.read_order(token, &format!("/api/v1/orders/{id}?wait=5"))
+            .await
+    }
+
+    async fn read_order(&self, token: &str, path: &str) -> Option<Outcome> {
         let order = self
-            .call(
-                token,
-                reqwest::Method::GET,
-                &format!("/api/v1/orders/{id}"),
-                None,
-            )
+            .call(token, reqwest::Method::GET, path, None)
             .await
             .ok()?;
         Some(Outcome {
