@@ -256,7 +256,8 @@ async fn my_orders(
 #[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders",
     params(("id" = String, Path, description = "Order id"), OrderQuery),
     responses((status = 200, description = "The order", body = Order),
-        (status = 400, description = "`wait` out of range", body = Problem),
+        (status = 400, description = "`wait` is not a whole number", body = Problem),
+        (status = 422, description = "`wait` is over 5 seconds", body = Problem),
         (status = 404, description = "No such order (or not yours)", body = Problem)))]
 async fn get_order(
     State(state): State<AppState>,
