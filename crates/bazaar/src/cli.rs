@@ -379,7 +379,8 @@ pub struct CheckoutBenchArgs {
     /// it, orders are placed as fast as they are accepted and a backlog can build up.
     #[arg(long)]
     pub closed_loop: bool,
-    /// Shoppers to register and sign in (default: one per connection).
+    /// Shoppers to register and sign in (default: three per connection with `--closed-loop`, which
+    /// takes turns between them, one otherwise).
     #[arg(long)]
     pub users: Option<usize>,
     /// The product every order buys one unit of.

@@ -435,6 +435,44 @@ fn checkout_scenario((shop, base_port): (Shop, u16)) {
     assert_eq!(report["cancelled"], 2, "{report:#}");
 }
 
+/// `bazaar bench checkout --closed-loop` (the checkout benchmark of docs/performance.md) runs
+/// against a live system: every order it places in the window is confirmed, nothing fails, and
+/// it reports the rates and the CPU per order it is read for.
+#[test]
+fn the_checkout_benchmark_confirms_every_order_it_places() {
+    let (shop, _) = Shop::start(&[]);
+    let output = std::process::Command::new(BIN)
+        .args([
+            "bench",
+            "checkout",
+            "--gateway",
+            &shop.base,
+            "--json",
+            "--closed-loop",
+        ])
+        .args(["--connections", "2", "--warmup", "1", "--seconds", "2"])
+        .env("BAZAAR_CONFIG_DIR", shop._data.path().join("cli"))
+        .output()
+        .expect("run bazaar bench checkout");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench checkout failed: {stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("the --json report");
+    assert_eq!(
+        report["users"], 6,
+        "three shoppers per connection: {report:#}"
+    );
+    assert_eq!(report["errors"], json!({}), "{report:#}");
+    let accepted = report["accepted"].as_i64().expect("accepted");
+    assert!(accepted > 0, "{report:#}");
+    assert_eq!(report["window_orders_confirmed"], accepted, "{report:#}");
+    assert_eq!(report["window_orders_cancelled"], 0, "{report:#}");
+    assert!(
+        report["confirmed_per_second"].as_f64().unwrap() > 0.0,
+        "{report:#}"
+    );
+    assert!(report["confirmed_p99_ms"].as_f64().is_some(), "{report:#}");
+}
+
 /// G6 and G4: orders is killed right after each step's remote call and before it records the
 /// result; the supervisor restarts it and every saga completes with exactly one charge.
 #[test]
