@@ -436,7 +436,8 @@ async fn record_steps_in(
     }
     // VALUES columns are named column1, column2… on both engines.
     const COLUMNS_PER_STEP: usize = 11;
-    let values = placeholders(steps.len(), COLUMNS_PER_STEP, 1);
+    let rows = padded_rows(steps.len());
+    let values = placeholders(rows, COLUMNS_PER_STEP, 1);
     let sql = format!(
         "UPDATE orders SET step = v.column3, status = v.column4, status_reason = v.column5, \
          saga = v.column6, shipping_minor = v.column7, total_minor = v.column8, \
@@ -445,11 +446,9 @@ async fn record_steps_in(
          FROM (VALUES {values}) AS v \
          WHERE orders.id = v.column1 AND orders.claimed_by = v.column2 \
          AND orders.status = 'pending' RETURNING id",
-        now_at = steps.len() * COLUMNS_PER_STEP + 1,
+        now_at = rows * COLUMNS_PER_STEP + 1,
     );
-    // Each batch size is another statement text: only small ones are worth caching, lest the
-    // sizes crowd the hot statements out of the connection's statement cache.
-    let mut update = sqlx::query(&sql).persistent(steps.len() <= CACHED_BATCH);
+    let mut update = sqlx::query(&sql);
     for record in steps {
         let step = &record.update;
         update = update
@@ -464,6 +463,15 @@ async fn record_steps_in(
             .bind(step.attempts)
             .bind(step.next_attempt_at_ms)
             .bind(step.claimed_until_ms);
+    }
+    for _ in steps.len()..rows {
+        // A row of NULLs matches no order (`orders.id = NULL` is never true).
+        for _ in 0..6 {
+            update = update.bind(None::<String>);
+        }
+        for _ in 6..COLUMNS_PER_STEP {
+            update = update.bind(None::<i64>);
+        }
     }
     let changed: std::collections::HashSet<String> = update
         .bind(now)
@@ -499,8 +507,14 @@ async fn record_steps_in(
     Ok(recorded)
 }
 
-/// Largest batch whose statements are kept prepared (as the messaging consumer does).
-const CACHED_BATCH: usize = 8;
+/// Rows a batched statement is written with for `needed` rows: the next power of two, the rest
+/// padded with NULL rows the statement skips. So the batched statements have a handful of
+/// texts (7 for up to 64 steps), each prepared once and kept: preparing a statement of many
+/// `VALUES` rows each time cost as much as running it (on SQLite, parsing these statements was
+/// a third of the step records' database time; docs/performance.md, tenth round).
+fn padded_rows(needed: usize) -> usize {
+    needed.max(1).next_power_of_two()
+}
 
 /// `rows` groups of `columns` numbered placeholders from `$first`: `($1, $2), ($3, $4)`.
 fn placeholders(rows: usize, columns: usize, first: usize) -> String {
@@ -523,14 +537,16 @@ async fn insert_histories(
     tx: &mut bazaar_kit::storage::Connection,
     entries: &[(&str, i64, &HistoryEntry)],
 ) -> Result<(), sqlx::Error> {
-    let values = placeholders(entries.len(), 6, 1);
+    let rows = padded_rows(entries.len());
+    let values = placeholders(rows, 6, 1);
     let sql = format!(
         "INSERT INTO order_history (order_id, seq, at_ms, step, outcome, detail) \
          SELECT v.column1, \
          (SELECT COALESCE(MAX(h.seq), 0) + 1 FROM order_history h WHERE h.order_id = v.column1) \
-         + v.column2, v.column3, v.column4, v.column5, v.column6 FROM (VALUES {values}) AS v"
+         + v.column2, v.column3, v.column4, v.column5, v.column6 FROM (VALUES {values}) AS v \
+         WHERE v.column1 IS NOT NULL"
     );
-    let mut insert = sqlx::query(&sql).persistent(entries.len() <= CACHED_BATCH);
+    let mut insert = sqlx::query(&sql);
     for (order_id, offset, entry) in entries {
         insert = insert
             .bind(*order_id)
@@ -539,6 +555,16 @@ async fn insert_histories(
             .bind(&entry.step)
             .bind(&entry.outcome)
             .bind(&entry.detail);
+    }
+    for _ in entries.len()..rows {
+        // Padding, skipped by the `WHERE`.
+        insert = insert
+            .bind(None::<String>)
+            .bind(None::<i64>)
+            .bind(None::<i64>)
+            .bind(None::<String>)
+            .bind(None::<String>)
+            .bind(None::<String>);
     }
     insert.execute(&mut *tx).await?;
     Ok(())

@@ -82,7 +82,7 @@ async fn setup(url: &str) -> (Repository, Outbox) {
     let db = Database::open(url, &MIGRATOR).await.expect("database");
     let outbox = Outbox::open(&db, "orders").await.expect("outbox");
     let repository = Repository::new(db);
-    for id in ["o1", "o2", "o3", "o4"] {
+    for id in ["o1", "o2", "o3", "o4", "o5"] {
         let placed = NewEvent::new("order.placed", id, &serde_json::json!({"order_id": id}));
         let claim = if id == "o3" { "worker-b" } else { WORKER };
         assert!(repository
@@ -102,11 +102,33 @@ async fn batched_steps_record_each_claimed_order_once(url: String) {
     let o2 = step("o2", WORKER, "done", "confirmed o2", true);
     let o3 = step("o3", WORKER, "authorize_payment", "reserved o3", false);
     let o4 = step("o4", WORKER, "price", "reserved o4", false);
+    // Five steps and five history rows: both statements are padded to eight rows, and the
+    // padding changes nothing.
+    let mut o5 = step("o5", WORKER, "price", "reserved o5", false);
+    o5.update.history.insert(
+        0,
+        HistoryEntry {
+            at_ms: 1_500,
+            step: "locate".into(),
+            outcome: "ok".into(),
+            detail: "located o5".into(),
+        },
+    );
     let recorded = repository
-        .record_steps(&outbox, &[&o1, &o2, &o3, &o4])
+        .record_steps(&outbox, &[&o1, &o2, &o3, &o4, &o5])
         .await
         .expect("record");
-    assert_eq!(recorded, vec![true, true, false, true]);
+    assert_eq!(recorded, vec![true, true, false, true, true]);
+    let o5_history: Vec<(i64, String)> = repository
+        .history("o5")
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|h| (h.at_ms, h.detail))
+        .collect();
+    assert_eq!(o5_history.len(), 3, "{o5_history:?}");
+    assert_eq!(o5_history[1].1, "located o5");
+    assert_eq!(o5_history[2].1, "reserved o5");
 
     let stored = repository.get("o1").await.expect("get").expect("o1");
     assert_eq!(stored.step, "authorize_payment");
