@@ -438,7 +438,10 @@ test('an admin sees the topology and finds the shopper\'s order in the console',
   await page.waitForURL(new RegExp(`/admin/orders/${confirmedOrderId}$`));
   assert.match(await page.getByTestId('admin-order-status').textContent(), /confirmed/i);
   assert.equal(await page.getByTestId('saga-step-confirm').getAttribute('data-state'), 'done');
-  assert.ok(await page.getByTestId('payment-row').count() >= 1, 'the order\'s payment is listed');
+  // On failure, say what the section showed instead (a notice that payments is unavailable,
+  // or "No payment for this order").
+  assert.ok(await page.getByTestId('payment-row').count() >= 1,
+    `the order's payment is listed; the section reads: ${(await page.getByTestId('order-payments').textContent()).replace(/\s+/g, ' ').trim()}`);
   await shot(page, '22-admin-order');
 
   // The shopper is not an admin: the console refuses them.
