@@ -183,6 +183,15 @@ struct Recorder {
     blocked: Arc<AtomicBool>,
 }
 
+/// Runs a `Recorder` labelled `label` as group `GROUP`'s consumer of `PUBLISHER`'s events
+/// on `messaging` (the consumer outlives the handle, as in a service).
+fn spawn_recorder(messaging: &Messaging, label: &str) {
+    messaging
+        .consumer(GROUP)
+        .subscribe(PUBLISHER, Recorder::new(label))
+        .spawn();
+}
+
 impl Recorder {
     fn new(label: &str) -> Self {
         Self {
@@ -947,10 +956,7 @@ async fn feed_delivers_across_a_publisher_restart(publisher_url: String, consume
         &metrics,
     )
     .await;
-    consumer
-        .consumer(GROUP)
-        .subscribe(PUBLISHER, Recorder::new("consumer"))
-        .spawn();
+    spawn_recorder(&consumer, "consumer");
     // Services keep no handle on their `Messaging`: consumers must outlive it.
     drop(consumer);
 
@@ -1047,10 +1053,7 @@ async fn a_caught_up_reader_lets_events_gather_into_one_page() {
         1,
     )
     .await;
-    consumer
-        .consumer(GROUP)
-        .subscribe(PUBLISHER, Recorder::new("consumer"))
-        .spawn();
+    spawn_recorder(&consumer, "consumer");
     drop(consumer);
     await_applied(&consumer_db, 1).await;
     // The reader has caught up and now waits: ten events committed apart (about 200 ms in
@@ -1241,10 +1244,7 @@ async fn feed_page_skips_an_event_already_in_the_inbox(
     assert!(deliver(&db, GROUP, &Recorder::new("earlier"), &events[4])
         .await
         .expect("apply the fifth directly"));
-    consumer
-        .consumer(GROUP)
-        .subscribe(PUBLISHER, Recorder::new("consumer"))
-        .spawn();
+    spawn_recorder(&consumer, "consumer");
 
     let rows = await_applied(&db, 10).await;
     let mut expected = vec![events[4].clone()];
@@ -1323,10 +1323,7 @@ async fn one_instance_of_a_group_reads_a_feed_and_another_takes_over() {
         create_applied_table(&db).await;
         let messaging =
             start_feed_consumer(&db, &issuer, &running.address(), &identity, &Metrics::new()).await;
-        messaging
-            .consumer(GROUP)
-            .subscribe(PUBLISHER, Recorder::new(label))
-            .spawn();
+        spawn_recorder(&messaging, label);
         instances.insert(label.to_owned(), (messaging, db));
     }
     let db = instances["first"].1.clone();
@@ -1542,10 +1539,7 @@ async fn nats_consumer_applies_once_across_restarts_and_downtime() {
         &second_metrics,
     )
     .await;
-    second
-        .consumer(GROUP)
-        .subscribe(PUBLISHER, Recorder::new("second"))
-        .spawn();
+    spawn_recorder(&second, "second");
     let rows = await_applied(&consumer_db, 20).await;
     assert!(
         restarted_at.elapsed() < ACK_WAIT,
