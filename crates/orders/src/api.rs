@@ -266,23 +266,26 @@ async fn get_order(
     Query(query): Query<OrderQuery>,
 ) -> ApiResult<axum::Json<Order>> {
     let wait = query.wait()?;
-    let mut order = visible_order(&state, &claims, &id).await?;
-    if order.status == "pending" && !wait.is_zero() {
-        let deadline = tokio::time::Instant::now() + wait;
-        let watch = state.saga.finishes().watch(&id);
-        loop {
-            // Taken before the read, so a finish between the read and the wait is not missed.
-            let finished = watch.next_announcement();
-            order = visible_order(&state, &claims, &id).await?;
-            let now = tokio::time::Instant::now();
-            if order.status != "pending" || now >= deadline {
-                break;
+    let deadline = tokio::time::Instant::now() + wait;
+    // Watched only when the caller waits, from before the first read: one read answers a
+    // finished order, and a pending one is read again only when it may have finished.
+    let watch = (!wait.is_zero()).then(|| state.saga.finishes().watch(&id));
+    let order = loop {
+        // Taken before the read, so a finish between the read and the wait is not missed.
+        let finished = watch.as_ref().map(finishes::Watch::next_announcement);
+        let order = visible_order(&state, &claims, &id).await?;
+        let now = tokio::time::Instant::now();
+        match finished {
+            Some(finished) if order.status == "pending" && now < deadline => {
+                // Woken when this instance finishes the order; read again now and then in case
+                // another instance does.
+                let _ =
+                    tokio::time::timeout_at(deadline.min(now + finishes::RECHECK), finished).await;
             }
-            // Woken when this instance finishes the order; read again now and then in case
-            // another instance does.
-            let _ = tokio::time::timeout_at(deadline.min(now + finishes::RECHECK), finished).await;
+            _ => break order,
         }
-    }
+    };
+    drop(watch);
     let history = state.repository.history(&id).await.map_err(db)?;
     Ok(axum::Json(order.into_order(history)))
 }
