@@ -471,14 +471,22 @@ mod tests {
         assert!(batch_sizes > 200, "some callers shared a batch");
     }
 
-    // As services run: a multi-threaded runtime with one worker. There tokio runs the writer,
-    // woken by the first item, before the other tasks ready to run; without the writer's yield
-    // every item would be a batch of its own.
+    // As services run: a multi-threaded runtime with one worker, the callers' tasks spawned by
+    // a task on that worker (as a server spawns its connections' tasks), so all twenty are
+    // ready before any runs. There tokio runs the writer, woken by the first item, before the
+    // other tasks ready to run; without the writer's yield every item would be a batch of its
+    // own. (Spawned from the test's own thread instead, the worker starts on the first tasks
+    // while the rest are still being spawned, and how many share a batch depends on timing.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn items_of_tasks_ready_together_share_a_batch_on_the_services_runtime() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (db, writer) = setup(&dir).await;
-        let outcomes = write_all(&writer, (0..20).collect()).await;
+        let outcomes = {
+            let writer = writer.clone();
+            tokio::spawn(async move { write_all(&writer, (0..20).collect()).await })
+                .await
+                .expect("joins")
+        };
         assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
         assert_eq!(stored(&db).await, 20);
         assert!(
