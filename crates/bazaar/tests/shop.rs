@@ -326,6 +326,33 @@ fn checkout_scenario((shop, base_port): (Shop, u16)) {
     let order = shop.await_terminal(&id, Duration::from_secs(60));
     assert_eq!(order["status"], "confirmed", "{order:#}");
     assert!(order["tracking_number"].is_string(), "{order:#}");
+    // Every step is in the history once, in saga order, each ok (commit and capture run side
+    // by side but are recorded in turn), and the destination was found while the order was
+    // placed, so the saga started at the reservation.
+    let history = order["history"].as_array().expect("history");
+    let steps: Vec<&str> = history.iter().filter_map(|h| h["step"].as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "placed",
+            "locate",
+            "reserve_stock",
+            "price",
+            "authorize_payment",
+            "create_shipment",
+            "commit_stock",
+            "capture_payment",
+            "confirm"
+        ],
+        "{order:#}"
+    );
+    assert!(history.iter().all(|h| h["outcome"] == "ok"), "{order:#}");
+    assert!(
+        history[1]["detail"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("found while the order was placed")),
+        "{order:#}"
+    );
     assert!(
         order["total"]["amount_minor"].as_i64().unwrap()
             > order["subtotal"]["amount_minor"].as_i64().unwrap(),

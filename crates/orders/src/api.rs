@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::remote::StepError;
 use crate::repository::StoredOrder;
-use crate::saga::step;
+use crate::saga::{record_destination, step};
 use crate::{finishes, AppState};
 
 pub fn router(state: AppState) -> Router {
@@ -111,17 +111,21 @@ async fn place_order(
     {
         return Ok((StatusCode::OK, axum::Json(placed(&existing))).into_response());
     }
-    let cart = state
-        .remote
-        .cart(&claims.sub)
-        .await
-        .map_err(|error| match error {
-            StepError::Unavailable { reason, .. } => ApiError::unavailable(
-                "cart_unavailable",
-                format!("your cart cannot be read right now ({reason}); please try again shortly"),
-            ),
-            StepError::Rejected { detail, .. } => ApiError::unavailable("cart_unavailable", detail),
-        })?;
+    // The destination is looked up while the cart is read (two reads, sent side by side), so
+    // the saga can start at the reservation. If it cannot be found now (an unknown postal
+    // code, shipping down), the saga's first step looks again and cancels or waits, as it does
+    // for any step.
+    let (cart, location) = tokio::join!(
+        state.remote.cart(&claims.sub),
+        state.remote.locate(&input.shipping_address)
+    );
+    let cart = cart.map_err(|error| match error {
+        StepError::Unavailable { reason, .. } => ApiError::unavailable(
+            "cart_unavailable",
+            format!("your cart cannot be read right now ({reason}); please try again shortly"),
+        ),
+        StepError::Rejected { detail, .. } => ApiError::unavailable("cart_unavailable", detail),
+    })?;
     if cart.lines.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -157,14 +161,31 @@ async fn place_order(
         .map(|l| l.unit_price.amount_minor.saturating_mul(l.quantity))
         .sum();
     let now = now_ms();
+    let mut saga = SagaState::default();
+    let mut ran = Vec::new();
+    let first_step = match location {
+        Ok(location) => {
+            ran.push(HistoryEntry {
+                at_ms: now,
+                step: step::LOCATE.into(),
+                outcome: "ok".into(),
+                detail: format!(
+                    "{}, found while the order was placed",
+                    record_destination(&mut saga, &location)
+                ),
+            });
+            step::RESERVE
+        }
+        Err(_) => step::LOCATE,
+    };
     let order = StoredOrder {
         id: uuid::Uuid::now_v7().to_string(),
         user_id: claims.sub.clone(),
         email: claims.email.clone().unwrap_or_default(),
         idempotency_key: key.clone(),
         status: "pending".into(),
-        status_reason: "in progress: locate".into(),
-        step: step::LOCATE.into(),
+        status_reason: format!("in progress: {}", first_step.replace('_', " ")),
+        step: first_step.into(),
         currency: input
             .currency
             .clone()
@@ -174,7 +195,7 @@ async fn place_order(
         total_minor: subtotal,
         address: input.shipping_address.clone(),
         lines,
-        saga: SagaState::default(),
+        saga,
         card_token: input.card_token.clone(),
         attempts: 0,
         created_at_ms: now,
@@ -196,6 +217,7 @@ async fn place_order(
         .insert(
             state.messaging.outbox(),
             &order,
+            &ran,
             event,
             state.saga.placement_claim(),
         )

@@ -173,11 +173,13 @@ impl Repository {
 
     /// Inserts a new order and its `order.placed` event in one transaction, claimed by `claim`
     /// (the worker that will drive it, and until when) so no other worker starts it meanwhile.
+    /// Its history is `placed`, then `ran`: saga steps already run while it was placed.
     /// `Ok(false)` when the user already has an order with this idempotency key.
     pub async fn insert(
         &self,
         outbox: &Outbox,
         order: &StoredOrder,
+        ran: &[HistoryEntry],
         event: NewEvent,
         claim: (&str, i64),
     ) -> Result<bool, sqlx::Error> {
@@ -221,7 +223,12 @@ impl Repository {
                 outcome: "ok".into(),
                 detail: "order accepted; checkout started".into(),
             };
-            insert_histories(&mut tx, &[(order.id.as_str(), 0, &placed)]).await?;
+            let entries: Vec<(&str, i64, &HistoryEntry)> = std::iter::once(&placed)
+                .chain(ran)
+                .enumerate()
+                .map(|(offset, entry)| (order.id.as_str(), offset as i64, entry))
+                .collect();
+            insert_histories(&mut tx, &entries).await?;
             outbox.append_in(&mut tx, event.clone()).await?;
             tx.commit().await?;
             Ok(true)

@@ -2,14 +2,16 @@
 //! step loses nothing (G6):
 //!
 //! ```text
-//! [locate → reserve_stock → price] → [authorize_payment] → [create_shipment]
-//!        → [commit_stock → capture_payment → confirm]                     (order confirmed)
+//! [locate] → [reserve_stock → price → authorize_payment → create_shipment]
+//!        → [commit_stock ‖ capture_payment → confirm]                     (order confirmed)
 //! any "no" before create_shipment succeeds → [void_payment → release_stock → cancel]
 //!                                                                         (order cancelled)
 //! ```
 //!
 //! Each bracket is one record: its steps run one after the other in memory and their outcome is
-//! written at once (one history row per step), see [`shares_record`].
+//! written at once (one history row per step), see [`shares_record`]. The destination is
+//! usually looked up while the order is placed (so its record is the placement's own) and the
+//! saga starts at the reservation; `‖` marks two commands sent side by side.
 //!
 //! Every remote command is idempotent by a key derived from the order id, so a step re-run after
 //! a crash (between the remote call and the write that records it) finds the first result
@@ -33,7 +35,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::finishes::Finishes;
 use crate::model::{HistoryEntry, Money, SagaState};
-use crate::remote::{Parcel, Remote, StepError};
+use crate::remote::{Location, Parcel, Remote, StepError};
 use bazaar_kit::group_commit::{GroupCommit, GroupCommitError};
 
 use crate::repository::{Repository, StepBatch, StepRecord, StepUpdate, StoredOrder};
@@ -100,15 +102,26 @@ struct Change {
 /// Whether the step `next` runs straight after the one before it and shares its record.
 ///
 /// A record (an UPDATE and history rows in a group commit) per step costs more than the step's
-/// own work, so steps are recorded only where the saga's shape needs it: after the reservation
-/// (with the lookups around it: the destination and the price), after the authorization, after
-/// the shipment (the pivot) and at the end. A crash inside a run of shared steps repeats the run,
-/// which is safe because every remote command is idempotent by the order's key and the lookups
-/// change nothing (G4, G6). A failure ends the run, recording the steps that succeeded before it.
+/// own work and holds the order up while it commits, so steps are recorded only where the
+/// saga's shape needs it: after the shipment (the pivot: from there the saga only goes forward,
+/// so the record must say it got there) and at the end. Everything before the pivot (the
+/// destination, the reservation, the price, the authorization, the shipment) shares one record.
+/// A crash inside a run of shared steps repeats the run, which is safe because every remote
+/// command is idempotent by the order's key (the reservation, the payment and the shipment are
+/// found again, not made twice) and the lookups change nothing (G4, G6). A failure ends the run,
+/// recording the steps that succeeded before it, so an order waiting for a service that is down
+/// shows that step and its reason.
 fn shares_record(next: &str) -> bool {
     matches!(
         next,
-        step::RESERVE | step::PRICE | step::CAPTURE | step::CONFIRM | step::RELEASE | step::CANCEL
+        step::RESERVE
+            | step::PRICE
+            | step::AUTHORIZE
+            | step::SHIP
+            | step::CAPTURE
+            | step::CONFIRM
+            | step::RELEASE
+            | step::CANCEL
     )
 }
 
@@ -116,6 +129,13 @@ fn shares_record(next: &str) -> bool {
 enum Next {
     /// Go on to `step` with the updated state.
     Advance { step: &'static str, detail: String },
+    /// Go on to `step`, the step after this one (`also`, with its detail) having run side by
+    /// side with it: both are recorded, in saga order.
+    AdvanceWith {
+        step: &'static str,
+        detail: String,
+        also: (&'static str, String),
+    },
     /// Compensate: the order cannot complete, for `reason`.
     Fail { reason: String },
     /// Terminal: confirmed or cancelled.
@@ -303,8 +323,12 @@ impl Saga {
                 if !matches!(next, Next::Fail { .. }) {
                     self.maybe_crash(&current);
                 }
+                if let Next::AdvanceWith { also, .. } = next {
+                    self.maybe_crash(also.0);
+                }
             }
-            let chained = matches!(&outcome, Ok(Next::Advance { step, .. }) if shares_record(step));
+            let chained = matches!(&outcome,
+                Ok(Next::Advance { step, .. } | Next::AdvanceWith { step, .. }) if shares_record(step));
             let change = Change {
                 saga,
                 shipping_minor,
@@ -381,6 +405,18 @@ impl Saga {
                 update.step = step.to_owned();
                 update.status_reason = format!("in progress: {}", step.replace('_', " "));
                 update.history = history("ok", detail);
+                true
+            }
+            Ok(Next::AdvanceWith { step, detail, also }) => {
+                update.step = step.to_owned();
+                update.status_reason = format!("in progress: {}", step.replace('_', " "));
+                update.history = history("ok", detail);
+                update.history.push(HistoryEntry {
+                    at_ms: now,
+                    step: also.0.to_owned(),
+                    outcome: "ok".to_owned(),
+                    detail: also.1,
+                });
                 true
             }
             Ok(Next::Fail { reason }) => {
@@ -477,13 +513,10 @@ impl Saga {
         };
         match order.step.as_str() {
             step::LOCATE => match self.remote.locate(&order.address).await {
-                Ok(location) => {
-                    saga.destination = Some((location.lat, location.lon));
-                    Ok(Next::Advance {
-                        step: step::RESERVE,
-                        detail: format!("destination at {:.4}, {:.4}", location.lat, location.lon),
-                    })
-                }
+                Ok(location) => Ok(Next::Advance {
+                    step: step::RESERVE,
+                    detail: record_destination(saga, &location),
+                }),
                 Err(error) => rejected(error, "the address cannot be shipped to"),
             },
             step::RESERVE => {
@@ -576,12 +609,25 @@ impl Saga {
                 }
             }
             step::COMMIT_STOCK => {
-                self.remote.commit_stock(&order.id).await?;
-                Ok(Next::Advance {
-                    step: step::CAPTURE,
+                // After the pivot both only go forward and neither needs the other's result, so
+                // they run side by side: the order waits for the slower, not for both in turn.
+                // If either fails the step is retried whole; the one that succeeded is found
+                // again by its key (G4).
+                let payment_id = saga.payment_id.clone().unwrap_or_default();
+                let (committed, captured) = tokio::join!(
+                    self.remote.commit_stock(&order.id),
+                    self.remote.settle(&order.id, &payment_id, "capture"),
+                );
+                committed?;
+                captured?;
+                Ok(Next::AdvanceWith {
+                    step: step::CONFIRM,
                     detail: "stock committed".into(),
+                    also: (step::CAPTURE, format!("payment {payment_id} captured")),
                 })
             }
+            // Orders recorded at this step before commit and capture ran together (a saga
+            // started by an earlier version) capture alone.
             step::CAPTURE => {
                 let payment_id = saga.payment_id.clone().unwrap_or_default();
                 self.remote
@@ -694,6 +740,12 @@ impl Drop for Driving {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&self.id);
     }
+}
+
+/// Keeps a located destination in the saga's state; the history's detail for it.
+pub(crate) fn record_destination(saga: &mut SagaState, location: &Location) -> String {
+    saga.destination = Some((location.lat, location.lon));
+    format!("destination at {:.4}, {:.4}", location.lat, location.lon)
 }
 
 /// One parcel per warehouse the stock comes from, weighed from the order's lines.

@@ -85,8 +85,19 @@ async fn setup(url: &str) -> (Repository, Outbox) {
     for id in ["o1", "o2", "o3", "o4", "o5"] {
         let placed = NewEvent::new("order.placed", id, &serde_json::json!({"order_id": id}));
         let claim = if id == "o3" { "worker-b" } else { WORKER };
+        // o5 had a step run while it was placed: its history carries it after `placed`.
+        let ran = if id == "o5" {
+            vec![HistoryEntry {
+                at_ms: 1_000,
+                step: "quote".into(),
+                outcome: "ok".into(),
+                detail: "ran at placement".into(),
+            }]
+        } else {
+            Vec::new()
+        };
         assert!(repository
-            .insert(&outbox, &order(id), placed, (claim, 60_000))
+            .insert(&outbox, &order(id), &ran, placed, (claim, 60_000))
             .await
             .expect("insert"));
     }
@@ -126,9 +137,10 @@ async fn batched_steps_record_each_claimed_order_once(url: String) {
         .into_iter()
         .map(|h| (h.at_ms, h.detail))
         .collect();
-    assert_eq!(o5_history.len(), 3, "{o5_history:?}");
-    assert_eq!(o5_history[1].1, "located o5");
-    assert_eq!(o5_history[2].1, "reserved o5");
+    assert_eq!(o5_history.len(), 4, "{o5_history:?}");
+    assert_eq!(o5_history[1].1, "ran at placement");
+    assert_eq!(o5_history[2].1, "located o5");
+    assert_eq!(o5_history[3].1, "reserved o5");
 
     let stored = repository.get("o1").await.expect("get").expect("o1");
     assert_eq!(stored.step, "authorize_payment");
