@@ -8,7 +8,7 @@
 //! memory instead, each write starts the moment the previous one commits. PostgreSQL locks rows, so its writers run side by side.
 
 use bazaar_kit::group_commit::{BatchWrite, Queued};
-use bazaar_kit::storage::{now_ms, Database};
+use bazaar_kit::storage::{now_ms, Database, Engine};
 use bazaar_messaging::{NewEvent, Outbox};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -228,7 +228,7 @@ impl Repository {
                 .enumerate()
                 .map(|(offset, entry)| (order.id.as_str(), offset as i64, entry))
                 .collect();
-            insert_histories(&mut tx, &entries).await?;
+            insert_histories(&mut tx, self.db.engine(), &entries).await?;
             outbox.append_in(&mut tx, event.clone()).await?;
             tx.commit().await?;
             Ok(true)
@@ -396,7 +396,8 @@ impl Repository {
                 let (round, later): (Vec<usize>, Vec<usize>) =
                     remaining.iter().partition(|&&i| ids.insert(&steps[i].id));
                 let batch: Vec<&StepRecord> = round.iter().map(|&i| steps[i]).collect();
-                let written = record_steps_in(&mut tx, outbox, &batch, now).await?;
+                let written =
+                    record_steps_in(&mut tx, self.db.engine(), outbox, &batch, now).await?;
                 for (i, written) in round.into_iter().zip(written) {
                     recorded[i] = written;
                 }
@@ -434,6 +435,7 @@ impl Repository {
 /// is for saving.
 async fn record_steps_in(
     tx: &mut bazaar_kit::storage::Connection,
+    engine: Engine,
     outbox: &Outbox,
     steps: &[&StepRecord],
     now: i64,
@@ -441,19 +443,19 @@ async fn record_steps_in(
     if steps.is_empty() {
         return Ok(Vec::new());
     }
-    // VALUES columns are named column1, column2… on both engines.
-    const COLUMNS_PER_STEP: usize = 11;
+    // VALUES columns are named column1, column2… on both engines. The commit time is a
+    // column of each row too, so that every parameter is in the VALUES, bound in text order.
+    const COLUMNS_PER_STEP: usize = 12;
     let rows = padded_rows(steps.len());
-    let values = placeholders(rows, COLUMNS_PER_STEP, 1);
+    let values = placeholders(engine, rows, COLUMNS_PER_STEP);
     let sql = format!(
         "UPDATE orders SET step = v.column3, status = v.column4, status_reason = v.column5, \
          saga = v.column6, shipping_minor = v.column7, total_minor = v.column8, \
          attempts = v.column9, next_attempt_at_ms = v.column10, claimed_until_ms = v.column11, \
-         updated_at_ms = ${now_at} \
+         updated_at_ms = v.column12 \
          FROM (VALUES {values}) AS v \
          WHERE orders.id = v.column1 AND orders.claimed_by = v.column2 \
-         AND orders.status = 'pending' RETURNING id",
-        now_at = rows * COLUMNS_PER_STEP + 1,
+         AND orders.status = 'pending' RETURNING id"
     );
     let mut update = sqlx::query(&sql);
     for record in steps {
@@ -469,7 +471,8 @@ async fn record_steps_in(
             .bind(step.total_minor)
             .bind(step.attempts)
             .bind(step.next_attempt_at_ms)
-            .bind(step.claimed_until_ms);
+            .bind(step.claimed_until_ms)
+            .bind(now);
     }
     for _ in steps.len()..rows {
         // A row of NULLs matches no order (`orders.id = NULL` is never true).
@@ -481,7 +484,6 @@ async fn record_steps_in(
         }
     }
     let changed: std::collections::HashSet<String> = update
-        .bind(now)
         .fetch_all(&mut *tx)
         .await?
         .iter()
@@ -504,7 +506,7 @@ async fn record_steps_in(
                     .map(|(offset, entry)| (record.id.as_str(), offset, entry))
             })
             .collect();
-        insert_histories(tx, &entries).await?;
+        insert_histories(tx, engine, &entries).await?;
     }
     for record in written {
         if let Some(event) = &record.update.event {
@@ -523,12 +525,20 @@ fn padded_rows(needed: usize) -> usize {
     needed.max(1).next_power_of_two()
 }
 
-/// `rows` groups of `columns` numbered placeholders from `$first`: `($1, $2), ($3, $4)`.
-fn placeholders(rows: usize, columns: usize, first: usize) -> String {
+/// `rows` groups of `columns` placeholders, for a statement whose only parameters they are,
+/// bound in order: numbered on PostgreSQL (`($1, $2), ($3, $4)`), anonymous on SQLite
+/// (`(?, ?), (?, ?)`). SQLite keeps numbered parameters in a list it searches from the start
+/// for each one bound (sqlx asks each parameter's name), which made binding a batch of
+/// hundreds quadratic: about 8% of the orders service's CPU under load. Anonymous ones have no
+/// name to look up.
+fn placeholders(engine: Engine, rows: usize, columns: usize) -> String {
     (0..rows)
         .map(|row| {
             let cells: Vec<String> = (0..columns)
-                .map(|column| format!("${}", first + row * columns + column))
+                .map(|column| match engine {
+                    Engine::Postgres => format!("${}", 1 + row * columns + column),
+                    Engine::Sqlite => "?".to_owned(),
+                })
                 .collect();
             format!("({})", cells.join(", "))
         })
@@ -542,10 +552,11 @@ fn placeholders(rows: usize, columns: usize, first: usize) -> String {
 /// evaluate the `MAX` against the table as it was before the statement.
 async fn insert_histories(
     tx: &mut bazaar_kit::storage::Connection,
+    engine: Engine,
     entries: &[(&str, i64, &HistoryEntry)],
 ) -> Result<(), sqlx::Error> {
     let rows = padded_rows(entries.len());
-    let values = placeholders(rows, 6, 1);
+    let values = placeholders(engine, rows, 6);
     let sql = format!(
         "INSERT INTO order_history (order_id, seq, at_ms, step, outcome, detail) \
          SELECT v.column1, \
@@ -607,4 +618,18 @@ fn decode(row: &AnyRow) -> Result<StoredOrder, sqlx::Error> {
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batched_placeholders_are_numbered_on_postgres_and_anonymous_on_sqlite() {
+        assert_eq!(
+            placeholders(Engine::Postgres, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(placeholders(Engine::Sqlite, 2, 3), "(?, ?, ?), (?, ?, ?)");
+    }
 }
