@@ -20,7 +20,7 @@ use crate::model::{
     Placed, SagaState,
 };
 use crate::remote::StepError;
-use crate::repository::StoredOrder;
+use crate::repository::{Placement, StoredOrder};
 use crate::saga::{record_destination, step};
 use crate::{finishes, AppState};
 
@@ -212,17 +212,18 @@ async fn place_order(
             "lines": order.lines.iter().map(|l| json!({"product_id": l.product_id, "quantity": l.quantity})).collect::<Vec<_>>(),
         }),
     );
+    let (worker, claimed_until_ms) = state.saga.placement_claim();
+    let placement = Placement {
+        order: order.clone(),
+        ran,
+        event,
+        claim: (worker.to_owned(), claimed_until_ms),
+    };
     let inserted = state
-        .repository
-        .insert(
-            state.messaging.outbox(),
-            &order,
-            &ran,
-            event,
-            state.saga.placement_claim(),
-        )
+        .saga
+        .place(placement)
         .await
-        .map_err(db)?;
+        .map_err(ApiError::internal)?;
     if !inserted {
         // A concurrent request with the same key won the race: answer with its order.
         let existing = state

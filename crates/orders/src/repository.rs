@@ -79,23 +79,65 @@ pub struct StepRecord {
     pub update: StepUpdate,
 }
 
-/// Group commit of saga records: the records of every order being driven at that moment are
-/// written in one transaction (kit's `group_commit`), instead of a transaction each. Each
-/// record (one step, or the steps that share it: `shares_record` in the saga) is still
-/// committed before its order goes on (G6); records of different orders only share the commit.
+/// A new order, as its placement made it, to insert.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub order: StoredOrder,
+    /// Saga steps already run while it was placed: its history after `placed`.
+    pub ran: Vec<HistoryEntry>,
+    /// `order.placed`.
+    pub event: NewEvent,
+    /// The worker that will drive it, and until when, so no other worker starts it meanwhile.
+    pub claim: (String, i64),
+}
+
+/// One write of the saga's writer.
+#[derive(Debug, Clone)]
+pub enum SagaWrite {
+    /// Insert a placed order (answered `false` when the user already has an order with its
+    /// idempotency key).
+    Place(Box<Placement>),
+    /// Record a step (answered `false` when the claim was lost).
+    Record(StepRecord),
+}
+
+/// Group commit of the saga's writes: the placements arriving and the records of every order
+/// being driven at that moment are written in one transaction (kit's `group_commit`), instead
+/// of a transaction each. Each write is still committed before its caller hears of it (an
+/// order's placement before the 202, a record before its order goes on: G6, G8); writes of
+/// different orders only share the commit.
 pub struct StepBatch {
     pub repository: Repository,
     pub outbox: Outbox,
 }
 
 impl BatchWrite for StepBatch {
-    type Item = StepRecord;
-    /// Whether the step was recorded (`false`: the claim was lost).
+    type Item = SagaWrite;
+    /// Whether the order was inserted, or the step recorded.
     type Output = bool;
 
-    async fn write(&self, batch: &[Queued<StepRecord>]) -> Result<Vec<bool>, sqlx::Error> {
-        let steps: Vec<&StepRecord> = batch.iter().map(|queued| &queued.item).collect();
-        self.repository.record_steps(&self.outbox, &steps).await
+    async fn write(&self, batch: &[Queued<SagaWrite>]) -> Result<Vec<bool>, sqlx::Error> {
+        let mut placements = Vec::new();
+        let mut steps = Vec::new();
+        for queued in batch {
+            match &queued.item {
+                SagaWrite::Place(placement) => placements.push(&**placement),
+                SagaWrite::Record(step) => steps.push(step),
+            }
+        }
+        let (inserted, recorded) = self
+            .repository
+            .write(&self.outbox, &placements, &steps)
+            .await?;
+        let (mut inserted, mut recorded) = (inserted.into_iter(), recorded.into_iter());
+        Ok(batch
+            .iter()
+            .map(|queued| match queued.item {
+                SagaWrite::Place(_) => inserted.next(),
+                SagaWrite::Record(_) => recorded.next(),
+            })
+            .map(|done| done.unwrap_or(false))
+            .collect())
     }
 }
 
@@ -171,73 +213,16 @@ impl Repository {
         row.map(|r| decode(&r)).transpose()
     }
 
-    /// Inserts a new order and its `order.placed` event in one transaction, claimed by `claim`
-    /// (the worker that will drive it, and until when) so no other worker starts it meanwhile.
-    /// Its history is `placed`, then `ran`: saga steps already run while it was placed.
+    /// Inserts a new order and its `order.placed` event in one transaction of its own (the
+    /// service places orders through the saga's writer, [`StepBatch`], which shares it).
     /// `Ok(false)` when the user already has an order with this idempotency key.
     pub async fn insert(
         &self,
         outbox: &Outbox,
-        order: &StoredOrder,
-        ran: &[HistoryEntry],
-        event: NewEvent,
-        claim: (&str, i64),
+        placement: &Placement,
     ) -> Result<bool, sqlx::Error> {
-        let outcome = bazaar_kit::storage::retry_conflicts(|| async {
-            let _turn = self.db.write_turn().await;
-            let mut connection = self.db.connection().await?;
-            let mut tx = connection.begin().await?;
-            let inserted = sqlx::query(
-                "INSERT INTO orders (id, user_id, email, idempotency_key, status, status_reason, step, \
-                 currency, subtotal_minor, shipping_minor, total_minor, address, lines, saga, card_token, \
-                 attempts, next_attempt_at_ms, claimed_by, claimed_until_ms, created_at_ms, updated_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, $16, $17, $18, $16, $16) \
-                 ON CONFLICT (user_id, idempotency_key) DO NOTHING",
-            )
-            .bind(&order.id)
-            .bind(&order.user_id)
-            .bind(&order.email)
-            .bind(&order.idempotency_key)
-            .bind(&order.status)
-            .bind(&order.status_reason)
-            .bind(&order.step)
-            .bind(&order.currency)
-            .bind(order.subtotal_minor)
-            .bind(order.shipping_minor)
-            .bind(order.total_minor)
-            .bind(json(&order.address))
-            .bind(json(&order.lines))
-            .bind(json(&order.saga))
-            .bind(&order.card_token)
-            .bind(order.created_at_ms)
-            .bind(claim.0)
-            .bind(claim.1)
-            .execute(&mut *tx)
-            .await?;
-            if inserted.rows_affected() == 0 {
-                return Ok(false);
-            }
-            let placed = HistoryEntry {
-                at_ms: order.created_at_ms,
-                step: "placed".into(),
-                outcome: "ok".into(),
-                detail: "order accepted; checkout started".into(),
-            };
-            let entries: Vec<(&str, i64, &HistoryEntry)> = std::iter::once(&placed)
-                .chain(ran)
-                .enumerate()
-                .map(|(offset, entry)| (order.id.as_str(), offset as i64, entry))
-                .collect();
-            insert_histories(&mut tx, self.db.engine(), &entries).await?;
-            outbox.append_in(&mut tx, event.clone()).await?;
-            tx.commit().await?;
-            Ok(true)
-        })
-        .await?;
-        if outcome {
-            outbox.notify();
-        }
-        Ok(outcome)
+        let (inserted, _) = self.write(outbox, &[placement], &[]).await?;
+        Ok(inserted.first().copied().unwrap_or(false))
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<StoredOrder>, sqlx::Error> {
@@ -371,20 +356,39 @@ impl Repository {
         Ok(())
     }
 
-    /// Records a batch of saga records' outcomes (and their events) in ONE transaction (see
-    /// [`StepBatch`]): each record whose worker still holds its order's claim changes the
-    /// order, appends its history rows (one per step run) and its event, and renews or releases
-    /// the claim as `update.claimed_until_ms` says. Returns, per record, whether it was written
-    /// (`false`: the claim was lost and nothing of that record was written).
+    /// Records a batch of saga records' outcomes (and their events) in ONE transaction; see
+    /// [`Repository::write`].
     pub async fn record_steps(
         &self,
         outbox: &Outbox,
         steps: &[&StepRecord],
     ) -> Result<Vec<bool>, sqlx::Error> {
-        let recorded = bazaar_kit::storage::retry_conflicts(|| async {
+        Ok(self.write(outbox, &[], steps).await?.1)
+    }
+
+    /// Writes placements and saga records (and their events) in ONE transaction (see
+    /// [`StepBatch`]). Each placement inserts its order (unless the user already has one with
+    /// its idempotency key), the order's history (`placed`, then the steps it ran) and
+    /// `order.placed`. Each record whose worker still holds its order's claim changes the
+    /// order, appends its history rows (one per step run) and its event, and renews or releases
+    /// the claim as `update.claimed_until_ms` says. Returns, per placement, whether it was
+    /// inserted, and per record, whether it was written (`false`: the claim was lost and
+    /// nothing of that record was written).
+    pub async fn write(
+        &self,
+        outbox: &Outbox,
+        placements: &[&Placement],
+        steps: &[&StepRecord],
+    ) -> Result<(Vec<bool>, Vec<bool>), sqlx::Error> {
+        let engine = self.db.engine();
+        let (inserted, recorded) = bazaar_kit::storage::retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
             let mut connection = self.db.connection().await?;
             let mut tx = connection.begin().await?;
+            let mut inserted = Vec::with_capacity(placements.len());
+            for placement in placements {
+                inserted.push(insert_in(&mut tx, engine, outbox, placement).await?);
+            }
             let now = now_ms();
             // The batched statements match steps to orders by id: a batch holds one step per
             // order (an order's task waits for its step's commit), but should one ever hold
@@ -396,25 +400,25 @@ impl Repository {
                 let (round, later): (Vec<usize>, Vec<usize>) =
                     remaining.iter().partition(|&&i| ids.insert(&steps[i].id));
                 let batch: Vec<&StepRecord> = round.iter().map(|&i| steps[i]).collect();
-                let written =
-                    record_steps_in(&mut tx, self.db.engine(), outbox, &batch, now).await?;
+                let written = record_steps_in(&mut tx, engine, outbox, &batch, now).await?;
                 for (i, written) in round.into_iter().zip(written) {
                     recorded[i] = written;
                 }
                 remaining = later;
             }
             tx.commit().await?;
-            Ok(recorded)
+            Ok((inserted, recorded))
         })
         .await?;
-        let published = steps
-            .iter()
-            .zip(&recorded)
-            .any(|(record, recorded)| *recorded && record.update.event.is_some());
+        let published = inserted.contains(&true)
+            || steps
+                .iter()
+                .zip(&recorded)
+                .any(|(record, recorded)| *recorded && record.update.event.is_some());
         if published {
             outbox.notify();
         }
-        Ok(recorded)
+        Ok((inserted, recorded))
     }
 
     /// Counts by status, for metrics and the admin console.
@@ -426,6 +430,61 @@ impl Repository {
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect()
     }
+}
+
+/// Inserts a placed order, its history and `order.placed` in `tx`; `false` (and nothing
+/// written) when the user already has an order with its idempotency key.
+async fn insert_in(
+    tx: &mut bazaar_kit::storage::Connection,
+    engine: Engine,
+    outbox: &Outbox,
+    placement: &Placement,
+) -> Result<bool, sqlx::Error> {
+    let order = &placement.order;
+    let inserted = sqlx::query(
+        "INSERT INTO orders (id, user_id, email, idempotency_key, status, status_reason, step, \
+         currency, subtotal_minor, shipping_minor, total_minor, address, lines, saga, card_token, \
+         attempts, next_attempt_at_ms, claimed_by, claimed_until_ms, created_at_ms, updated_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, $16, $17, $18, $16, $16) \
+         ON CONFLICT (user_id, idempotency_key) DO NOTHING",
+    )
+    .bind(&order.id)
+    .bind(&order.user_id)
+    .bind(&order.email)
+    .bind(&order.idempotency_key)
+    .bind(&order.status)
+    .bind(&order.status_reason)
+    .bind(&order.step)
+    .bind(&order.currency)
+    .bind(order.subtotal_minor)
+    .bind(order.shipping_minor)
+    .bind(order.total_minor)
+    .bind(json(&order.address))
+    .bind(json(&order.lines))
+    .bind(json(&order.saga))
+    .bind(&order.card_token)
+    .bind(order.created_at_ms)
+    .bind(&placement.claim.0)
+    .bind(placement.claim.1)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let placed = HistoryEntry {
+        at_ms: order.created_at_ms,
+        step: "placed".into(),
+        outcome: "ok".into(),
+        detail: "order accepted; checkout started".into(),
+    };
+    let entries: Vec<(&str, i64, &HistoryEntry)> = std::iter::once(&placed)
+        .chain(&placement.ran)
+        .enumerate()
+        .map(|(offset, entry)| (order.id.as_str(), offset as i64, entry))
+        .collect();
+    insert_histories(tx, engine, &entries).await?;
+    outbox.append_in(tx, placement.event.clone()).await?;
+    Ok(true)
 }
 
 /// Writes `steps` (of distinct orders) in `tx`: one `UPDATE … FROM (VALUES …) RETURNING` for

@@ -38,14 +38,17 @@ use crate::model::{HistoryEntry, Money, SagaState};
 use crate::remote::{Location, Parcel, Remote, StepError};
 use bazaar_kit::group_commit::{GroupCommit, GroupCommitError};
 
-use crate::repository::{Repository, StepBatch, StepRecord, StepUpdate, StoredOrder};
+use crate::repository::{
+    Placement, Repository, SagaWrite, StepBatch, StepRecord, StepUpdate, StoredOrder,
+};
 
 /// How long a claim lasts without renewal (the takeover delay after a worker dies elsewhere).
 const CLAIM_MS: i64 = 30_000;
 /// Orders driven at once by one worker.
 const PARALLEL: usize = 64;
-/// At most this many records share a transaction (at most one per order being driven).
-const STEPS_PER_COMMIT: usize = PARALLEL;
+/// At most this many writes share a transaction (the records of the orders being driven, at
+/// most one each, and the placements arriving).
+const WRITES_PER_COMMIT: usize = 2 * PARALLEL;
 
 /// The saga's steps, as stored in `orders.step`.
 pub mod step {
@@ -159,7 +162,7 @@ impl Saga {
                 repository: repository.clone(),
                 outbox,
             },
-            STEPS_PER_COMMIT,
+            WRITES_PER_COMMIT,
         );
         Self {
             repository,
@@ -190,6 +193,16 @@ impl Saga {
     /// takes the order over).
     pub fn placement_claim(&self) -> (&str, i64) {
         (&self.worker, now_ms() + CLAIM_MS)
+    }
+
+    /// Inserts a placed order (claimed with [`Saga::placement_claim`]) through the writer that
+    /// records the steps, so that placements share commits with each other and with the
+    /// records of the orders being driven; `false` when the user already has an order with its
+    /// idempotency key.
+    pub async fn place(&self, placement: Placement) -> Result<bool, GroupCommitError> {
+        self.steps
+            .write(SagaWrite::Place(Box::new(placement)))
+            .await
     }
 
     /// Drives `order`, just inserted with [`Saga::placement_claim`], in the background: the
@@ -353,7 +366,7 @@ impl Saga {
             worker: self.worker.clone(),
             update,
         };
-        let recorded = self.steps.write(record).await?;
+        let recorded = self.steps.write(SagaWrite::Record(record)).await?;
         if recorded {
             tracing::info!(order_id = %id, step = %first, next = %next_step,
                 status = %status, "saga step recorded");

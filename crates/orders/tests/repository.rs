@@ -1,12 +1,13 @@
-//! The orders repository's batched step write, on SQLite and (with `BAZAAR_TEST_POSTGRES_URL`)
+//! The orders repository's batched saga write, on SQLite and (with `BAZAAR_TEST_POSTGRES_URL`)
 //! PostgreSQL: the steps of many orders recorded by one `UPDATE … FROM (VALUES …)` and one
-//! multi-row history insert must act exactly as one write per step did.
+//! multi-row history insert, and placements in the same transaction, must act exactly as one
+//! write each did.
 
 use bazaar_kit::storage::testing::{fresh_postgres_database, sqlite_url};
 use bazaar_kit::storage::Database;
 use bazaar_messaging::{NewEvent, Outbox};
 use bazaar_orders::model::{Address, HistoryEntry, Money, OrderLine, SagaState};
-use bazaar_orders::repository::{StepRecord, StepUpdate, StoredOrder};
+use bazaar_orders::repository::{Placement, StepRecord, StepUpdate, StoredOrder};
 use bazaar_orders::{Repository, MIGRATOR};
 
 const WORKER: &str = "worker-a";
@@ -96,8 +97,14 @@ async fn setup(url: &str) -> (Repository, Outbox) {
         } else {
             Vec::new()
         };
+        let placement = Placement {
+            order: order(id),
+            ran,
+            event: placed,
+            claim: (claim.to_owned(), 60_000),
+        };
         assert!(repository
-            .insert(&outbox, &order(id), &ran, placed, (claim, 60_000))
+            .insert(&outbox, &placement)
             .await
             .expect("insert"));
     }
@@ -263,6 +270,60 @@ async fn batched_steps_record_each_claimed_order_once(url: String) {
             .expect("record"),
         vec![false]
     );
+}
+
+/// Placements and step records written together (the saga's writer): a new order is
+/// inserted with its history and `order.placed`, a placement whose idempotency key the user
+/// already used inserts nothing, and the record beside them is written, all in one commit.
+async fn placements_and_records_share_one_write(url: String) {
+    let (repository, outbox) = setup(&url).await;
+    let events_before = outbox.read_after(0, 100).await.expect("events").len();
+    let placement = |id: &str, key_of: &str| Placement {
+        order: StoredOrder {
+            idempotency_key: format!("key-{key_of}"),
+            user_id: format!("user-{key_of}"),
+            ..order(id)
+        },
+        ran: Vec::new(),
+        event: NewEvent::new("order.placed", id, &serde_json::json!({"order_id": id})),
+        claim: (WORKER.to_owned(), 60_000),
+    };
+    let (fresh, again) = (placement("o6", "o6"), placement("o7", "o1"));
+    let record = step("o1", WORKER, "price", "reserved o1", false);
+    let (inserted, recorded) = repository
+        .write(&outbox, &[&fresh, &again], &[&record])
+        .await
+        .expect("write");
+    assert_eq!(inserted, vec![true, false]);
+    assert_eq!(recorded, vec![true]);
+    let o6 = repository
+        .get("o6")
+        .await
+        .expect("get")
+        .expect("o6 inserted");
+    assert_eq!(o6.step, "reserve_stock");
+    assert_eq!(repository.history("o6").await.expect("history").len(), 1);
+    assert!(repository.get("o7").await.expect("get").is_none());
+    assert_eq!(
+        repository.get("o1").await.expect("get").expect("o1").step,
+        "price"
+    );
+    let events = outbox.read_after(0, 100).await.expect("events");
+    assert_eq!(events.len(), events_before + 1, "only o6's order.placed");
+    assert_eq!(events.last().expect("event").aggregate_id, "o6");
+}
+
+#[tokio::test]
+async fn sqlite_placements_and_records_share_one_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    placements_and_records_share_one_write(sqlite_url(dir.path(), "orders")).await;
+}
+
+#[tokio::test]
+async fn postgres_placements_and_records_share_one_write() {
+    if let Some(url) = fresh_postgres_database("orders_placements").await {
+        placements_and_records_share_one_write(url).await;
+    }
 }
 
 #[tokio::test]
