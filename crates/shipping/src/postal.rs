@@ -47,6 +47,17 @@ struct Row {
 pub struct PostalTable {
     places: Vec<Place>,
     by_key: HashMap<(String, String), usize>,
+    /// Each geocoded place's point as a unit vector from the Earth's centre, with the place's
+    /// index, for [`PostalTable::country_of`].
+    vectors: Vec<([f64; 3], usize)>,
+}
+
+/// `lat`/`lon` (degrees) as a unit vector from the Earth's centre: the nearer of two points
+/// by great-circle distance is the one whose vector has the larger dot product with the
+/// other's, so a search for the nearest place needs no trigonometry per place.
+fn unit_vector(lat: f64, lon: f64) -> [f64; 3] {
+    let (lat, lon) = (lat.to_radians(), lon.to_radians());
+    [lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()]
 }
 
 impl PostalTable {
@@ -103,7 +114,18 @@ impl PostalTable {
                 point,
             });
         }
-        Ok(Self { places, by_key })
+        let vectors = places
+            .iter()
+            .enumerate()
+            .filter_map(|(index, place)| {
+                place.point.map(|(lat, lon)| (unit_vector(lat, lon), index))
+            })
+            .collect();
+        Ok(Self {
+            places,
+            by_key,
+            vectors,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -132,15 +154,17 @@ impl PostalTable {
         if lat < ANTARCTIC_LATITUDE {
             return Some("AQ");
         }
-        self.places
+        // Every quote asks this for its destination and each parcel's origin: a haversine
+        // distance to each of the table's places cost five trigonometric calls each, about
+        // 8% of the shipping service's CPU under load. The largest dot product of unit vectors
+        // is the smallest great-circle distance (the first such place on a tie, as before).
+        let point = unit_vector(lat, lon);
+        let dot = |v: &[f64; 3]| v[0] * point[0] + v[1] * point[1] + v[2] * point[2];
+        self.vectors
             .iter()
-            .filter_map(|place| {
-                place.point.map(|(plat, plon)| {
-                    (crate::quote::haversine_km((lat, lon), (plat, plon)), place)
-                })
-            })
-            .min_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, place)| place.country.as_str())
+            .map(|(vector, index)| (dot(vector), *index))
+            .min_by(|a, b| b.0.total_cmp(&a.0))
+            .map(|(_, index)| self.places[index].country.as_str())
     }
 }
 
@@ -188,6 +212,36 @@ mod tests {
         assert_eq!(normalize("NL", "1012 AB"), "1012");
         assert_eq!(normalize("JP", "100-0005"), "1000005");
         assert_eq!(normalize("DE", " 10115 "), "10115");
+    }
+
+    #[test]
+    fn the_country_of_a_point_is_that_of_the_nearest_place_by_great_circle() {
+        let table = PostalTable::builtin().expect("valid table");
+        let by_haversine = |lat: f64, lon: f64| {
+            table
+                .places()
+                .iter()
+                .filter_map(|place| {
+                    place
+                        .point
+                        .map(|p| (crate::quote::haversine_km((lat, lon), p), place))
+                })
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, place)| place.country.as_str())
+        };
+        let mut checked = 0;
+        for lat in (-59..=89).step_by(4) {
+            for lon in (-180..=180).step_by(5) {
+                let (lat, lon) = (f64::from(lat) + 0.37, f64::from(lon) + 0.61);
+                assert_eq!(
+                    table.country_of(lat, lon),
+                    by_haversine(lat, lon),
+                    "at {lat}, {lon}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 2_000);
     }
 
     #[test]
