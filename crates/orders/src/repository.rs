@@ -98,7 +98,7 @@ pub enum SagaWrite {
     /// idempotency key).
     Place(Box<Placement>),
     /// Record a step (answered `false` when the claim was lost).
-    Record(StepRecord),
+    Record(Box<StepRecord>),
 }
 
 /// Group commit of the saga's writes: the placements arriving and the records of every order
@@ -122,7 +122,7 @@ impl BatchWrite for StepBatch {
         for queued in batch {
             match &queued.item {
                 SagaWrite::Place(placement) => placements.push(&**placement),
-                SagaWrite::Record(step) => steps.push(step),
+                SagaWrite::Record(step) => steps.push(&**step),
             }
         }
         let (inserted, recorded) = self

@@ -366,7 +366,10 @@ impl Saga {
             worker: self.worker.clone(),
             update,
         };
-        let recorded = self.steps.write(SagaWrite::Record(record)).await?;
+        let recorded = self
+            .steps
+            .write(SagaWrite::Record(Box::new(record)))
+            .await?;
         if recorded {
             tracing::info!(order_id = %id, step = %first, next = %next_step,
                 status = %status, "saga step recorded");
