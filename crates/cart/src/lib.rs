@@ -75,9 +75,13 @@ impl Default for Config {
     }
 }
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
+bazaar_kit::request_state! {
+    /// What the handlers share.
+    pub struct AppState(Shared);
+}
+
+/// The fields every request of this service reaches through [`AppState`].
+pub struct Shared {
     pub repository: Repository,
     pub catalog: catalog::Catalog,
     /// Verifies bearer tokens: the cart checks them itself, the gateway routes it publicly.
@@ -93,7 +97,7 @@ impl AppState {
         verifier: Arc<Verifier>,
         config: &Config,
     ) -> Self {
-        Self {
+        Shared {
             repository,
             catalog: catalog::Catalog::new(
                 client,
@@ -107,6 +111,7 @@ impl AppState {
             },
             currency: config.currency.clone(),
         }
+        .into()
     }
 }
 

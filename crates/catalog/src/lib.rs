@@ -62,9 +62,13 @@ impl Default for Config {
     }
 }
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
+bazaar_kit::request_state! {
+    /// What the handlers share.
+    pub struct AppState(Shared);
+}
+
+/// The fields every request of this service reaches through [`AppState`].
+pub struct Shared {
     pub repository: Repository,
     pub max_per_page: u32,
     /// Verifies the admin tokens writes need: the catalog checks them itself, even behind the
@@ -81,13 +85,14 @@ impl AppState {
         verifier: Arc<Verifier>,
     ) -> anyhow::Result<Self> {
         let audit = AuditLog::open(repository.database(), NAME).await?;
-        Ok(Self {
+        Ok(Shared {
             repository,
             // A cap of 0 would refuse every listing: treat it as 1.
             max_per_page: config.max_per_page.max(1),
             verifier,
             audit,
-        })
+        }
+        .into())
     }
 }
 

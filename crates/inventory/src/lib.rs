@@ -88,9 +88,13 @@ impl Config {
     }
 }
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
+bazaar_kit::request_state! {
+    /// What the handlers share.
+    pub struct AppState(Shared);
+}
+
+/// The fields every request of this service reaches through [`AppState`].
+pub struct Shared {
     pub repository: Repository,
     /// Verifies admin and service tokens: the inventory checks them itself, even behind the
     /// gateway.
@@ -102,11 +106,12 @@ pub struct AppState {
 impl AppState {
     pub async fn new(repository: Repository, verifier: Arc<Verifier>) -> anyhow::Result<Self> {
         let audit = AuditLog::open(repository.database(), NAME).await?;
-        Ok(Self {
+        Ok(Shared {
             repository,
             verifier,
             audit,
-        })
+        }
+        .into())
     }
 }
 

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod problem;
 pub mod process_cpu;
 pub mod server;
+pub mod state;
 pub mod storage;
 pub mod telemetry;
 

@@ -67,9 +67,13 @@ impl Default for Config {
     }
 }
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
+bazaar_kit::request_state! {
+    /// What the handlers share.
+    pub struct AppState(Shared);
+}
+
+/// The fields every request of this service reaches through [`AppState`].
+pub struct Shared {
     pub repository: Repository,
     pub verifier: Arc<Verifier>,
     pub max_limit: u32,
@@ -117,12 +121,12 @@ pub async fn service(
         consumer = consumer.subscribe(source, Mailer);
     }
     consumer.spawn();
-    let state = AppState {
+    let state = AppState::from(Shared {
         repository,
         verifier,
         // A cap of 0 would refuse every listing: treat it as 1.
         max_limit: config.max_limit.max(1),
-    };
+    });
     Ok(
         Service::new(common, router(state).merge(messaging.feed_router()))
             .with_openapi(openapi())

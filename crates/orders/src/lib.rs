@@ -80,8 +80,13 @@ impl Default for Config {
     }
 }
 
-#[derive(Clone)]
-pub struct AppState {
+bazaar_kit::request_state! {
+    /// What the handlers share.
+    pub struct AppState(Shared);
+}
+
+/// The fields every request of this service reaches through [`AppState`].
+pub struct Shared {
     pub repository: Repository,
     pub remote: remote::Remote,
     pub messaging: Messaging,
@@ -157,13 +162,13 @@ pub async fn service(
         },
     );
     tokio::spawn(saga.clone().run());
-    let state = AppState {
+    let state = AppState::from(Shared {
         repository,
         remote,
         messaging: messaging.clone(),
         saga,
         verifier,
-    };
+    });
     let router = router(state).merge(messaging.feed_router());
     Ok(Service::new(common, router)
         .with_openapi(openapi())

@@ -83,9 +83,13 @@ impl Default for Config {
     }
 }
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
+bazaar_kit::request_state! {
+    /// What the handlers share.
+    pub struct AppState(Shared);
+}
+
+/// The fields every request of this service reaches through [`AppState`].
+pub struct Shared {
     pub repository: Repository,
     pub verifier: Arc<Verifier>,
     pub processor: ProcessorClient,
@@ -165,12 +169,12 @@ async fn assemble(
         config.merchant_key.clone(),
         Duration::from_millis(config.processor_timeout_ms.max(1)),
     );
-    let state = AppState {
+    let state = AppState::from(Shared {
         repository,
         verifier,
         processor,
         crash_after: config.crash_after_processor_call.clone(),
-    };
+    });
     let router = router(state).merge(messaging.feed_router());
     Ok(Service::new(common, router)
         .with_openapi(openapi())

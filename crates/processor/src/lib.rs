@@ -59,9 +59,13 @@ impl Default for Config {
     }
 }
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
+bazaar_kit::request_state! {
+    /// What the handlers share.
+    pub struct AppState(Shared);
+}
+
+/// The fields every request of this service reaches through [`AppState`].
+pub struct Shared {
     pub repository: Repository,
     /// SHA-256 of the merchant key: requests are checked against the hash.
     pub merchant_key_hash: Vec<u8>,
@@ -71,12 +75,13 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(repository: Repository, config: &Config) -> Self {
-        Self {
+        Shared {
             repository,
             merchant_key_hash: Sha256::digest(config.merchant_key.as_bytes()).to_vec(),
             slow_delay: Duration::from_millis(config.slow_delay_ms),
             timeout_delay: Duration::from_millis(config.timeout_delay_ms),
         }
+        .into()
     }
 }
 

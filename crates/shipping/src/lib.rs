@@ -100,9 +100,13 @@ impl Config {
     }
 }
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
+bazaar_kit::request_state! {
+    /// What the handlers share.
+    pub struct AppState(Shared);
+}
+
+/// The fields every request of this service reaches through [`AppState`].
+pub struct Shared {
     pub repository: Repository,
     pub quoter: Quoter,
     pub upstream: Upstream,
@@ -165,13 +169,13 @@ pub async fn service(
             Duration::from_millis(config.tracking_interval_ms),
         );
     }
-    let state = AppState {
+    let state = AppState::from(Shared {
         repository,
         quoter: config.quoter(postal),
         // The quote reads public endpoints only: no credentials, so no dependency on identity.
         upstream: Upstream::new(ServiceClient::new(discovery)),
         verifier,
-    };
+    });
     let router = router(state).merge(messaging.feed_router());
     Ok(Service::new(common, router)
         .with_openapi(openapi())
