@@ -480,6 +480,52 @@ fn notifications_down_then_back_delivers_every_email_once() {
     assert_eq!(seen, expected, "exactly one confirmation email per order");
 }
 
+/// A frozen shipping service (SIGSTOP: alive, so not restarted, but answering nothing) does not
+/// hold up placing an order: the placement looks the destination up beside the cart read but
+/// waits for it only briefly, and the saga looks it up itself once shipping answers again.
+#[test]
+fn a_frozen_shipping_service_does_not_hold_up_placing_an_order() {
+    let system = System::start(&[], &[]);
+    let shop = &system.shop;
+    let card = shop.card(SUCCESS_CARD);
+    shop.add_to_cart(PRODUCT, 1);
+    let shipping = live_pid(system.registry, "shipping").expect("a live shipping");
+    let signal = |name: &str| {
+        let sent = Command::new("kill")
+            .args([name, &shipping.to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill {name} {shipping}");
+    };
+    signal("-STOP");
+    let asked = Instant::now();
+    let (status, placed) = shop.place_with(&http(), "frozen-shipping", &card);
+    let took = asked.elapsed();
+    signal("-CONT");
+    assert_eq!(status, 202, "{placed}");
+    // orders' calls to shipping time out after 5 s: a placement waiting for the lookup would
+    // have taken that long.
+    assert!(
+        took < Duration::from_secs(3),
+        "placing took {took:?} with shipping frozen"
+    );
+    let id = placed["order_id"].as_str().expect("order_id");
+    let order = shop.await_terminal(id, Duration::from_secs(90));
+    assert_eq!(order["status"], "confirmed", "{order:#}");
+    let located = order["history"]
+        .as_array()
+        .and_then(|h| {
+            h.iter()
+                .find(|e| e["step"] == "locate" && e["outcome"] == "ok")
+        })
+        .and_then(|e| e["detail"].as_str())
+        .unwrap_or_default();
+    assert!(
+        located.starts_with("destination at") && !located.contains("while the order was placed"),
+        "the saga found the destination itself: {order:#}"
+    );
+}
+
 /// G4: payments dies right after the processor authorized and before it stored the answer;
 /// restarted, it finds the processor's authorization instead of charging again.
 #[test]

@@ -46,6 +46,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// How long a placement waits for the destination it looks up beside the cart read. Finding it
+/// there saves the saga a step, but a slow or frozen shipping service must not hold up placing
+/// orders (its calls time out only after seconds): past this, the saga looks it up itself.
+const LOCATE_AT_PLACEMENT: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn db(error: sqlx::Error) -> ApiError {
     ApiError::internal(error)
 }
@@ -113,12 +118,21 @@ async fn place_order(
     }
     // The destination is looked up while the cart is read (two reads, sent side by side), so
     // the saga can start at the reservation. If it cannot be found now (an unknown postal
-    // code, shipping down), the saga's first step looks again and cancels or waits, as it does
-    // for any step.
+    // code, shipping down or slow), the saga's first step looks again and cancels or waits,
+    // as it does for any step.
     let (cart, location) = tokio::join!(
         state.remote.cart(&claims.sub),
-        state.remote.locate(&input.shipping_address)
+        tokio::time::timeout(
+            LOCATE_AT_PLACEMENT,
+            state.remote.locate(&input.shipping_address)
+        )
     );
+    let location = location.unwrap_or_else(|_elapsed| {
+        Err(StepError::Unavailable {
+            service: "shipping".into(),
+            reason: "the destination was not found in time to place the order".into(),
+        })
+    });
     let cart = cart.map_err(|error| match error {
         StepError::Unavailable { reason, .. } => ApiError::unavailable(
             "cart_unavailable",
