@@ -127,12 +127,7 @@ async fn place_order(
             state.remote.locate(&input.shipping_address)
         )
     );
-    let location = location.unwrap_or_else(|_elapsed| {
-        Err(StepError::Unavailable {
-            service: "shipping".into(),
-            reason: "the destination was not found in time to place the order".into(),
-        })
-    });
+    let location = location.ok().and_then(Result::ok);
     let cart = cart.map_err(|error| match error {
         StepError::Unavailable { reason, .. } => ApiError::unavailable(
             "cart_unavailable",
@@ -178,7 +173,7 @@ async fn place_order(
     let mut saga = SagaState::default();
     let mut ran = Vec::new();
     let first_step = match location {
-        Ok(location) => {
+        Some(location) => {
             ran.push(HistoryEntry {
                 at_ms: now,
                 step: step::LOCATE.into(),
@@ -190,7 +185,7 @@ async fn place_order(
             });
             step::RESERVE
         }
-        Err(_) => step::LOCATE,
+        None => step::LOCATE,
     };
     let order = StoredOrder {
         id: uuid::Uuid::now_v7().to_string(),
