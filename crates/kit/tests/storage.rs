@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bazaar_kit::storage::testing::{fresh_postgres_database, sqlite_url};
 use bazaar_kit::storage::Database;
 use sqlx::migrate::Migrator;
+use sqlx::Row;
 
 async fn open(url: &str) -> Database {
     let db = Database::open(url, &Migrator::DEFAULT)
@@ -148,7 +149,7 @@ async fn values_placeholders_and_errors(db: Database) {
             .await
             .expect("nulls");
     assert_eq!(nulls, (None, None, None));
-    let by_name: String = sqlx::Row::get(
+    let by_name: String = Row::get(
         &sqlx::query("SELECT copy AS duplicate FROM kinds WHERE id = 7")
             .fetch_one(&db)
             .await
@@ -318,6 +319,49 @@ async fn sqlite_reads_and_binds_as_sqlx_did() {
 /// A new SQLite file gets 1 KiB pages and the write-ahead log, and the service's connection
 /// keeps statement journals in memory and checkpoints every 4,000 pages (4 MiB of log): the
 /// settings that halve the bytes a checkout writes (docs/performance.md, tenth round).
+/// A kept statement with hundreds of numbered placeholders, taken out of order, binds each run's
+/// own arguments where they belong (SQLite works out which argument each parameter takes once
+/// per statement text and keeps it).
+async fn many_numbered_placeholders_bind_each_run_alike(db: Database) {
+    const ROWS: i64 = 150;
+    let values: Vec<String> = (0..ROWS)
+        .map(|row| format!("(${}, ${})", 2 * row + 2, 2 * row + 1))
+        .collect();
+    let sql = format!(
+        "SELECT v.column1 AS a, v.column2 AS b FROM (VALUES {}) AS v",
+        values.join(", ")
+    );
+    for run in [1_000i64, 2_000] {
+        let mut query = sqlx::query(&sql);
+        for argument in 0..2 * ROWS {
+            query = query.bind(run + argument);
+        }
+        let rows = query.fetch_all(&db).await.expect("rows");
+        let got: Vec<(i64, i64)> = rows
+            .iter()
+            .map(|row| (row.get::<i64, _>("a"), row.get::<i64, _>("b")))
+            .collect();
+        let expected: Vec<(i64, i64)> = (0..ROWS)
+            .map(|row| (run + 2 * row + 1, run + 2 * row))
+            .collect();
+        assert_eq!(got, expected, "run {run}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_many_numbered_placeholders_bind_each_run_alike() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    many_numbered_placeholders_bind_each_run_alike(open(&sqlite_url(dir.path(), "many")).await)
+        .await;
+}
+
+#[tokio::test]
+async fn postgres_many_numbered_placeholders_bind_each_run_alike() {
+    if let Some(url) = fresh_postgres_database("kit_many_placeholders").await {
+        many_numbered_placeholders_bind_each_run_alike(open(&url).await).await;
+    }
+}
+
 #[tokio::test]
 async fn sqlite_files_are_set_up_for_small_commits() {
     let dir = tempfile::tempdir().expect("dir");

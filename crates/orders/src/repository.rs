@@ -8,7 +8,7 @@
 //! memory instead, each write starts the moment the previous one commits. PostgreSQL locks rows, so its writers run side by side.
 
 use bazaar_kit::group_commit::{BatchWrite, Queued};
-use bazaar_kit::storage::{now_ms, Database, Engine};
+use bazaar_kit::storage::{now_ms, Database};
 use bazaar_messaging::{NewEvent, Outbox};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -380,14 +380,13 @@ impl Repository {
         placements: &[&Placement],
         steps: &[&StepRecord],
     ) -> Result<(Vec<bool>, Vec<bool>), sqlx::Error> {
-        let engine = self.db.engine();
         let (inserted, recorded) = bazaar_kit::storage::retry_conflicts(|| async {
             let _turn = self.db.write_turn().await;
             let mut connection = self.db.connection().await?;
             let mut tx = connection.begin().await?;
             let mut inserted = Vec::with_capacity(placements.len());
             for placement in placements {
-                inserted.push(insert_in(&mut tx, engine, outbox, placement).await?);
+                inserted.push(insert_in(&mut tx, outbox, placement).await?);
             }
             let now = now_ms();
             // The batched statements match steps to orders by id: a batch holds one step per
@@ -400,7 +399,7 @@ impl Repository {
                 let (round, later): (Vec<usize>, Vec<usize>) =
                     remaining.iter().partition(|&&i| ids.insert(&steps[i].id));
                 let batch: Vec<&StepRecord> = round.iter().map(|&i| steps[i]).collect();
-                let written = record_steps_in(&mut tx, engine, outbox, &batch, now).await?;
+                let written = record_steps_in(&mut tx, outbox, &batch, now).await?;
                 for (i, written) in round.into_iter().zip(written) {
                     recorded[i] = written;
                 }
@@ -436,7 +435,6 @@ impl Repository {
 /// written) when the user already has an order with its idempotency key.
 async fn insert_in(
     tx: &mut bazaar_kit::storage::Connection,
-    engine: Engine,
     outbox: &Outbox,
     placement: &Placement,
 ) -> Result<bool, sqlx::Error> {
@@ -482,7 +480,7 @@ async fn insert_in(
         .enumerate()
         .map(|(offset, entry)| (order.id.as_str(), offset as i64, entry))
         .collect();
-    insert_histories(tx, engine, &entries).await?;
+    insert_histories(tx, &entries).await?;
     outbox.append_in(tx, placement.event.clone()).await?;
     Ok(true)
 }
@@ -494,7 +492,6 @@ async fn insert_in(
 /// is for saving.
 async fn record_steps_in(
     tx: &mut bazaar_kit::storage::Connection,
-    engine: Engine,
     outbox: &Outbox,
     steps: &[&StepRecord],
     now: i64,
@@ -503,10 +500,10 @@ async fn record_steps_in(
         return Ok(Vec::new());
     }
     // VALUES columns are named column1, column2… on both engines. The commit time is a
-    // column of each row too, so that every parameter is in the VALUES, bound in text order.
+    // column of each row too, so the VALUES hold every parameter.
     const COLUMNS_PER_STEP: usize = 12;
     let rows = padded_rows(steps.len());
-    let values = placeholders(engine, rows, COLUMNS_PER_STEP);
+    let values = placeholders(rows, COLUMNS_PER_STEP);
     let sql = format!(
         "UPDATE orders SET step = v.column3, status = v.column4, status_reason = v.column5, \
          saga = v.column6, shipping_minor = v.column7, total_minor = v.column8, \
@@ -565,7 +562,7 @@ async fn record_steps_in(
                     .map(|(offset, entry)| (record.id.as_str(), offset, entry))
             })
             .collect();
-        insert_histories(tx, engine, &entries).await?;
+        insert_histories(tx, &entries).await?;
     }
     for record in written {
         if let Some(event) = &record.update.event {
@@ -584,20 +581,12 @@ fn padded_rows(needed: usize) -> usize {
     needed.max(1).next_power_of_two()
 }
 
-/// `rows` groups of `columns` placeholders, for a statement whose only parameters they are,
-/// bound in order: numbered on PostgreSQL (`($1, $2), ($3, $4)`), anonymous on SQLite
-/// (`(?, ?), (?, ?)`). SQLite keeps numbered parameters in a list it searches from the start
-/// for each one bound (sqlx asks each parameter's name), which made binding a batch of
-/// hundreds quadratic: about 8% of the orders service's CPU under load. Anonymous ones have no
-/// name to look up.
-fn placeholders(engine: Engine, rows: usize, columns: usize) -> String {
+/// `rows` groups of `columns` numbered placeholders from `$1`: `($1, $2), ($3, $4)`.
+fn placeholders(rows: usize, columns: usize) -> String {
     (0..rows)
         .map(|row| {
             let cells: Vec<String> = (0..columns)
-                .map(|column| match engine {
-                    Engine::Postgres => format!("${}", 1 + row * columns + column),
-                    Engine::Sqlite => "?".to_owned(),
-                })
+                .map(|column| format!("${}", 1 + row * columns + column))
                 .collect();
             format!("({})", cells.join(", "))
         })
@@ -611,11 +600,10 @@ fn placeholders(engine: Engine, rows: usize, columns: usize) -> String {
 /// evaluate the `MAX` against the table as it was before the statement.
 async fn insert_histories(
     tx: &mut bazaar_kit::storage::Connection,
-    engine: Engine,
     entries: &[(&str, i64, &HistoryEntry)],
 ) -> Result<(), sqlx::Error> {
     let rows = padded_rows(entries.len());
-    let values = placeholders(engine, rows, 6);
+    let values = placeholders(rows, 6);
     let sql = format!(
         "INSERT INTO order_history (order_id, seq, at_ms, step, outcome, detail) \
          SELECT v.column1, \
@@ -677,18 +665,4 @@ fn decode(row: &AnyRow) -> Result<StoredOrder, sqlx::Error> {
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batched_placeholders_are_numbered_on_postgres_and_anonymous_on_sqlite() {
-        assert_eq!(
-            placeholders(Engine::Postgres, 2, 3),
-            "($1, $2, $3), ($4, $5, $6)"
-        );
-        assert_eq!(placeholders(Engine::Sqlite, 2, 3), "(?, ?, ?), (?, ?, ?)");
-    }
 }

@@ -41,9 +41,10 @@ const STATEMENT_CACHE: usize = 256;
 /// One SQLite connection, used from one task at a time.
 pub(super) struct Sqlite {
     connection: rusqlite::Connection,
-    /// Column names and positions per cached query text, shared by every row that query
-    /// returns; emptied when it holds as many texts as the statement cache.
-    columns: std::collections::HashMap<Box<str>, Arc<Columns>>,
+    /// Per cached query text: its column names and positions, shared by every row that query
+    /// returns, and which argument each of its parameters takes; emptied when it holds as many
+    /// texts as the statement cache.
+    shapes: std::collections::HashMap<Box<str>, Shape>,
     /// Savepoints open inside the current transaction (a transaction begun inside another).
     savepoints: usize,
 }
@@ -52,6 +53,14 @@ impl std::fmt::Debug for Sqlite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sqlite").finish_non_exhaustive()
     }
+}
+
+/// What a cached query text's runs share.
+#[derive(Clone)]
+struct Shape {
+    columns: Arc<Columns>,
+    /// The argument (1-based) each parameter takes, in parameter order (see [`positions`]).
+    positions: Arc<[usize]>,
 }
 
 /// A query's result columns, in `AnyRow`'s shape.
@@ -88,7 +97,7 @@ impl Sqlite {
         connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Self {
             connection,
-            columns: std::collections::HashMap::new(),
+            shapes: std::collections::HashMap::new(),
             savepoints: 0,
         })
     }
@@ -133,22 +142,33 @@ impl Sqlite {
             return Ok(results);
         }
         let mut statement = self.connection.prepare_cached(sql).map_err(into_sqlx)?;
-        bind(&mut statement, &values, 0)?;
-        // The cached columns are those of the same text, checked against the statement's count
+        // The cached shape is that of the same text, checked against the statement's counts
         // (SQLite prepares a statement again by itself if the schema changed, and bazaar changes
-        // schemas only when it opens the database).
-        let columns = match self.columns.get(sql) {
-            Some(columns) if columns.columns.len() == statement.column_count() => columns.clone(),
+        // schemas only when it opens the database). Parameter positions come from parameter
+        // names, and SQLite finds a name by searching from the first parameter, so working
+        // them out per run was quadratic in the parameters: 8% of the orders service's CPU
+        // for its batched statements of several hundred (docs/performance.md, eleventh round).
+        let shape = match self.shapes.get(sql) {
+            Some(shape)
+                if shape.columns.columns.len() == statement.column_count()
+                    && shape.positions.len() == statement.parameter_count() =>
+            {
+                shape.clone()
+            }
             _ => {
-                let columns = Arc::new(Columns::of(&statement)?);
-                if self.columns.len() >= STATEMENT_CACHE {
-                    self.columns.clear();
+                let shape = Shape {
+                    columns: Arc::new(Columns::of(&statement)?),
+                    positions: positions(&statement, 0)?.0.into(),
+                };
+                if self.shapes.len() >= STATEMENT_CACHE {
+                    self.shapes.clear();
                 }
-                self.columns.insert(sql.into(), columns.clone());
-                columns
+                self.shapes.insert(sql.into(), shape.clone());
+                shape
             }
         };
-        read(&mut statement, &columns, max_rows, &mut results)?;
+        bind_at(&mut statement, &values, &shape.positions)?;
+        read(&mut statement, &shape.columns, max_rows, &mut results)?;
         results.push(Either::Left(outcome(&self.connection)));
         Ok(results)
     }
@@ -327,7 +347,38 @@ fn bind(
     values: &[AnyValueKind<'_>],
     unnamed_before: usize,
 ) -> Result<usize, sqlx::Error> {
+    let (positions, unnamed) = positions(statement, unnamed_before)?;
+    bind_at(statement, values, &positions)?;
+    Ok(unnamed)
+}
+
+/// Binds each parameter to the argument `positions` names for it; a parameter without one
+/// (and every one after it) stays NULL, as in `sqlx`'s driver.
+fn bind_at(
+    statement: &mut rusqlite::Statement<'_>,
+    values: &[AnyValueKind<'_>],
+    positions: &[usize],
+) -> Result<(), sqlx::Error> {
+    for (parameter, position) in (1..).zip(positions) {
+        let Some(value) = values.get(position - 1) else {
+            break;
+        };
+        statement
+            .raw_bind_parameter(parameter, sqlite_value(value)?)
+            .map_err(into_sqlx)?;
+    }
+    Ok(())
+}
+
+/// The argument (1-based) each parameter of `statement` takes, by `sqlx`'s SQLite rules: `$n`
+/// and `?n` the n-th, a bare `?` the next after the `unnamed_before` taken by earlier
+/// statements of the same text; and how many bare ones it has.
+fn positions(
+    statement: &rusqlite::Statement<'_>,
+    unnamed_before: usize,
+) -> Result<(Vec<usize>, usize), sqlx::Error> {
     let mut unnamed = unnamed_before;
+    let mut positions = Vec::with_capacity(statement.parameter_count());
     for parameter in 1..=statement.parameter_count() {
         let position = match statement.parameter_name(parameter) {
             Some(name) => {
@@ -352,14 +403,9 @@ fn bind(
                 unnamed
             }
         };
-        let Some(value) = values.get(position - 1) else {
-            break;
-        };
-        statement
-            .raw_bind_parameter(parameter, sqlite_value(value)?)
-            .map_err(into_sqlx)?;
+        positions.push(position);
     }
-    Ok(unnamed - unnamed_before)
+    Ok((positions, unnamed - unnamed_before))
 }
 
 /// An argument as SQLite stores it (as `sqlx`'s SQLite driver maps it).
