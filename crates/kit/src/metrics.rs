@@ -97,6 +97,16 @@ impl Metrics {
             "Writes committed by those transactions (writes per transaction is what grouping buys)",
             crate::group_commit::COMMITTED_ITEMS.clone(),
         );
+        registry.register(
+            "sqlite_checkpoints_background",
+            "WAL checkpoint passes run by this process's checkpointer threads (kit::storage)",
+            crate::storage::checkpoint::BACKGROUND_PASSES.clone(),
+        );
+        registry.register(
+            "sqlite_checkpoints_writer",
+            "WAL checkpoint passes a service thread ran itself, its log at the cap (kit::storage)",
+            crate::storage::checkpoint::WRITER_PASSES.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             requests,

@@ -28,6 +28,7 @@ use sqlx::{
     TransactionManager,
 };
 
+pub(crate) mod checkpoint;
 mod sqlite;
 use sqlite::Sqlite;
 

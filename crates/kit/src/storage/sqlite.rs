@@ -32,9 +32,8 @@ use sqlx::Either;
 use sqlx_core::any::{AnyColumn, AnyValueKind};
 use sqlx_core::ext::ustr::UStr;
 
-/// Pages written to the write-ahead log between automatic checkpoints: 4 MiB of the 1 KiB pages
-/// new databases get, the log size SQLite's default of 1,000 pages gives 4 KiB pages.
-const CHECKPOINT_PAGES: u32 = 4_000;
+use super::checkpoint::{Checkpointer, Thresholds};
+
 /// Prepared statements kept per connection: every distinct query text of a service fits.
 const STATEMENT_CACHE: usize = 256;
 
@@ -47,6 +46,9 @@ pub(super) struct Sqlite {
     shapes: std::collections::HashMap<Box<str>, Shape>,
     /// Savepoints open inside the current transaction (a transaction begun inside another).
     savepoints: usize,
+    /// Checkpoints the log off this connection's thread; after `connection`, so that it is
+    /// dropped after it (its hook points at the checkpointer's state).
+    _checkpointer: Checkpointer,
 }
 
 impl std::fmt::Debug for Sqlite {
@@ -84,21 +86,23 @@ impl Sqlite {
         // `bazaar` commands only read), for microseconds per transaction. NORMAL sync in WAL
         // mode is durable across process crashes; WAL itself is a property of the file, set
         // when it was created. Statement and savepoint journals stay in memory: a grouped
-        // write's savepoints otherwise spill them to temporary files. A checkpoint (an fsync of
+        // write's savepoints otherwise spill them to temporary files. Checkpoints (an fsync of
         // the log and of the database file, and a copy of every page changed since the last)
-        // comes every `CHECKPOINT_PAGES` pages of log.
+        // run mostly on a thread of their own ([`Checkpointer`]), which replaces SQLite's
+        // automatic checkpoint.
         connection
-            .execute_batch(&format!(
+            .execute_batch(
                 "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; \
-                 PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; \
-                 PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES};"
-            ))
+                 PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
+            )
             .map_err(into_sqlx)?;
         connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let checkpointer = Checkpointer::start(&connection, path, Thresholds::default())?;
         Ok(Self {
             connection,
             shapes: std::collections::HashMap::new(),
             savepoints: 0,
+            _checkpointer: checkpointer,
         })
     }
 
