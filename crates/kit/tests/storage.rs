@@ -317,8 +317,9 @@ async fn sqlite_reads_and_binds_as_sqlx_did() {
 }
 
 /// A new SQLite file gets 1 KiB pages and the write-ahead log, and the service's connection
-/// keeps statement journals in memory and checkpoints every 4,000 pages (4 MiB of log): the
-/// settings that halve the bytes a checkout writes (docs/performance.md, tenth round).
+/// keeps statement journals in memory (the settings that halve the bytes a checkout writes:
+/// docs/performance.md, tenth round), and SQLite's automatic checkpoint is replaced by
+/// `kit::storage::checkpoint` (twelfth round).
 /// A kept statement with hundreds of numbered placeholders, taken out of order, binds each run's
 /// own arguments where they belong (SQLite works out which argument each parameter takes once
 /// per statement text and keeps it).
