@@ -28,7 +28,8 @@
 //!
 //! The workspace denies `unsafe` code; this module is the exception, because the hook exists
 //! only in SQLite's C API: the `rusqlite` that links the same SQLite as `sqlx` 0.8 (0.32) has no
-//! safe wrapper for it. The unsafe part is two FFI calls and one pointer, each with its reason.
+//! safe wrapper for it. The unsafe parts (installing and removing the hook, one checkpoint call,
+//! the hook's reference to the shared state) each say why they hold.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int, c_void};
@@ -87,12 +88,21 @@ struct Wake {
     stopping: bool,
 }
 
-/// Owns the checkpointer thread of one writing connection; stops it when dropped. Drop it after
-/// the connection it serves (the hook points at its shared state).
+/// Owns the checkpointer thread of one writing connection; stops it when dropped. Its owner
+/// calls [`Checkpointer::detach`] before closing the connection; the hook holds a reference of
+/// its own to the shared state until then, so whatever the order of drops, the hook never
+/// points at freed memory (if `detach` were never called, that reference would leak, nothing
+/// worse).
 pub(super) struct Checkpointer {
     shared: Arc<Shared>,
+    /// The hook's reference to `shared` (from `Arc::into_raw`), until `detach` takes it back.
+    hook_argument: Option<*const Shared>,
     thread: Option<JoinHandle<()>>,
 }
+
+// SAFETY: `hook_argument` is an `Arc<Shared>` in raw form, and `Shared` is `Send + Sync`; the
+// pointer is only turned back into that `Arc` (in `detach`), never dereferenced here.
+unsafe impl Send for Checkpointer {}
 
 impl Checkpointer {
     /// Starts a checkpointer thread for the database at `path` and installs the hook on
@@ -122,20 +132,35 @@ impl Checkpointer {
                 let shared = shared.clone();
                 move || run(&connection, &shared)
             })?;
-        // SAFETY: `writer` is a live connection; the hook's argument is `shared`, which this
-        // `Checkpointer` keeps alive, and its owner drops the connection before it (see the
-        // type's doc). The hook runs on the thread that commits, the connection's only user.
+        let hook_argument = Arc::into_raw(shared.clone());
+        // SAFETY: `writer` is a live connection; the hook's argument is a strong reference to
+        // `shared`, released only by `detach` after the hook is removed. The hook runs on the
+        // thread that commits, the connection's only user.
         unsafe {
             ffi::sqlite3_wal_hook(
                 writer.handle(),
                 Some(on_commit),
-                Arc::as_ptr(&shared).cast_mut().cast::<c_void>(),
+                hook_argument.cast_mut().cast::<c_void>(),
             );
         }
         Ok(Self {
             shared,
+            hook_argument: Some(hook_argument),
             thread: Some(thread),
         })
+    }
+
+    /// Removes the hook from `writer` (the connection given to [`Checkpointer::start`], still
+    /// open) and releases the hook's reference to the shared state.
+    pub(super) fn detach(&mut self, writer: &rusqlite::Connection) {
+        if let Some(argument) = self.hook_argument.take() {
+            // SAFETY: `writer` is open; once the hook is removed SQLite holds no copy of
+            // `argument`, which came from `Arc::into_raw` and is turned back exactly once.
+            unsafe {
+                ffi::sqlite3_wal_hook(writer.handle(), None, std::ptr::null_mut());
+                drop(Arc::from_raw(argument));
+            }
+        }
     }
 
     /// Passes run so far by (the background thread, the writer).
@@ -331,6 +356,8 @@ mod tests {
         // (How far past the cap the log grows here depends on timing: the writer's pass finds
         // the checkpoint lock taken while a background pass runs, and tries again at the next
         // commit.)
+        let mut checkpointer = checkpointer;
+        checkpointer.detach(&writer);
         drop(writer);
         drop(checkpointer);
         let reopened = rusqlite::Connection::open(&path).expect("reopen");
@@ -342,6 +369,26 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |row| row.get(0))
             .expect("integrity check");
         assert_eq!(check, "ok");
+    }
+
+    #[test]
+    fn a_detached_connection_no_longer_calls_the_hook() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (path, writer) = database(dir.path());
+        let mut checkpointer = Checkpointer::start(
+            &writer,
+            &path,
+            Thresholds {
+                background: i64::MAX,
+                writer: 100,
+            },
+        )
+        .expect("start");
+        checkpointer.detach(&writer);
+        write_rows(&writer, 500);
+        assert_eq!(checkpointer.passes(), (0, 0));
+        // Detaching twice is harmless.
+        checkpointer.detach(&writer);
     }
 
     #[test]

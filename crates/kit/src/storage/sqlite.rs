@@ -46,9 +46,15 @@ pub(super) struct Sqlite {
     shapes: std::collections::HashMap<Box<str>, Shape>,
     /// Savepoints open inside the current transaction (a transaction begun inside another).
     savepoints: usize,
-    /// Checkpoints the log off this connection's thread; after `connection`, so that it is
-    /// dropped after it (its hook points at the checkpointer's state).
-    _checkpointer: Checkpointer,
+    /// Checkpoints the log off this connection's thread (detached from the connection when
+    /// this is dropped).
+    checkpointer: Checkpointer,
+}
+
+impl Drop for Sqlite {
+    fn drop(&mut self) {
+        self.checkpointer.detach(&self.connection);
+    }
 }
 
 impl std::fmt::Debug for Sqlite {
@@ -102,7 +108,7 @@ impl Sqlite {
             connection,
             shapes: std::collections::HashMap::new(),
             savepoints: 0,
-            _checkpointer: checkpointer,
+            checkpointer,
         })
     }
 
