@@ -288,6 +288,23 @@ mod tests {
         (path, connection)
     }
 
+    /// A fresh database with a checkpointer at `background` / `writer` frames on its writer.
+    fn started(
+        background: i64,
+        writer: i64,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        rusqlite::Connection,
+        Checkpointer,
+    ) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (path, connection) = database(dir.path());
+        let thresholds = Thresholds { background, writer };
+        let checkpointer = Checkpointer::start(&connection, &path, thresholds).expect("start");
+        (dir, path, connection, checkpointer)
+    }
+
     fn wal_frames(path: &Path) -> u64 {
         let log = path.with_extension("db-wal");
         let bytes = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
@@ -310,19 +327,9 @@ mod tests {
 
     #[test]
     fn the_writer_restarts_the_log_at_its_cap() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (path, writer) = database(dir.path());
         // No background passes: the writer's own pass alone must keep the log bounded (the
         // hook replaced SQLite's automatic checkpoint, so nothing else would).
-        let checkpointer = Checkpointer::start(
-            &writer,
-            &path,
-            Thresholds {
-                background: i64::MAX,
-                writer: 400,
-            },
-        )
-        .expect("start");
+        let (_dir, path, writer, checkpointer) = started(i64::MAX, 400);
         write_rows(&writer, 2_000);
         let (background, writer_passes) = checkpointer.passes();
         assert_eq!(background, 0);
@@ -337,17 +344,7 @@ mod tests {
 
     #[test]
     fn with_both_passes_every_row_survives() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (path, writer) = database(dir.path());
-        let checkpointer = Checkpointer::start(
-            &writer,
-            &path,
-            Thresholds {
-                background: 50,
-                writer: 400,
-            },
-        )
-        .expect("start");
+        let (_dir, path, writer, mut checkpointer) = started(50, 400);
         write_rows(&writer, 2_000);
         assert!(
             checkpointer.passes().0 > 0,
@@ -356,7 +353,6 @@ mod tests {
         // (How far past the cap the log grows here depends on timing: the writer's pass finds
         // the checkpoint lock taken while a background pass runs, and tries again at the next
         // commit.)
-        let mut checkpointer = checkpointer;
         checkpointer.detach(&writer);
         drop(writer);
         drop(checkpointer);
@@ -373,17 +369,7 @@ mod tests {
 
     #[test]
     fn a_detached_connection_no_longer_calls_the_hook() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (path, writer) = database(dir.path());
-        let mut checkpointer = Checkpointer::start(
-            &writer,
-            &path,
-            Thresholds {
-                background: i64::MAX,
-                writer: 100,
-            },
-        )
-        .expect("start");
+        let (_dir, _, writer, mut checkpointer) = started(i64::MAX, 100);
         checkpointer.detach(&writer);
         write_rows(&writer, 500);
         assert_eq!(checkpointer.passes(), (0, 0));
@@ -393,27 +379,9 @@ mod tests {
 
     #[test]
     fn a_quiet_writer_is_checkpointed_by_the_background_alone() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (path, writer) = database(dir.path());
-        let checkpointer = Checkpointer::start(
-            &writer,
-            &path,
-            Thresholds {
-                background: 20,
-                writer: 1_000_000,
-            },
-        )
-        .expect("start");
-        let body = "y".repeat(3000);
-        for id in 0..40 {
-            writer
-                .execute(
-                    "INSERT INTO rows (id, body) VALUES (?1, ?2)",
-                    rusqlite::params![id, body],
-                )
-                .expect("insert");
-        }
-        // The hook asked for passes (some 120 frames went through the log); wait until the
+        let (_dir, _, writer, checkpointer) = started(20, 1_000_000);
+        write_rows(&writer, 40);
+        // The hook asked for passes (some 160 frames went through the log); wait until the
         // thread has run one.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while checkpointer.passes().0 == 0 {
