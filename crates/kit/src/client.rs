@@ -107,9 +107,43 @@ pub struct Credentials {
 /// The service that issues tokens; calls to it carry none.
 pub const IDENTITY_SERVICE: &str = "identity";
 
+/// Service tokens by audience, and who is fetching one.
 #[derive(Default)]
 struct TokenCache {
-    by_audience: Mutex<HashMap<String, (String, Instant)>>,
+    by_audience: Mutex<HashMap<String, CachedToken>>,
+    /// One lock per audience, held while a token for it is being fetched: callers that find
+    /// no valid token wait for that one request instead of each sending their own (at a
+    /// token's expiry under load, every call in flight would otherwise ask the identity
+    /// service at once).
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+struct CachedToken {
+    token: String,
+    /// Renew from here on.
+    until: Instant,
+    /// When it was put in the cache: a refusal of a request sent before then says nothing
+    /// about this token.
+    cached_at: Instant,
+}
+
+impl TokenCache {
+    fn valid(&self, audience: &str) -> Option<String> {
+        let by_audience = self.by_audience.lock().expect("token cache lock");
+        by_audience
+            .get(audience)
+            .filter(|cached| cached.until > Instant::now())
+            .map(|cached| cached.token.clone())
+    }
+
+    fn fetch_lock(&self, audience: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.fetching
+            .lock()
+            .expect("token fetch locks")
+            .entry(audience.to_owned())
+            .or_default()
+            .clone()
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -253,26 +287,34 @@ impl ServiceClient {
         self
     }
 
-    /// A token for `audience`, from the cache or freshly issued by the identity service.
+    /// A token for `audience`, from the cache or freshly issued by the identity service (one
+    /// request at a time per audience, whoever else needs one meanwhile).
     pub async fn token_for(&self, audience: &str) -> Result<Option<String>, CallError> {
-        let Some(credentials) = &self.credentials else {
+        if self.credentials.is_none() {
             return Ok(None);
-        };
-        if let Some((token, until)) = self
-            .tokens
-            .by_audience
-            .lock()
-            .expect("token cache lock")
-            .get(audience)
-        {
-            if *until > Instant::now() {
-                return Ok(Some(token.clone()));
-            }
         }
+        if let Some(token) = self.tokens.valid(audience) {
+            return Ok(Some(token));
+        }
+        let fetch_lock = self.tokens.fetch_lock(audience);
+        let _fetching = fetch_lock.lock().await;
+        // Whoever held the lock before may have fetched one.
+        if let Some(token) = self.tokens.valid(audience) {
+            return Ok(Some(token));
+        }
+        self.fetch_token(audience).await.map(Some)
+    }
+
+    /// Asks the identity service for a token for `audience` and caches it.
+    async fn fetch_token(&self, audience: &str) -> Result<String, CallError> {
         let failure = |reason: String| CallError::Token {
             audience: audience.to_owned(),
             reason,
         };
+        let credentials = self
+            .credentials
+            .as_ref()
+            .ok_or_else(|| failure("no client credentials".into()))?;
         let instances = self.discovery.instances(IDENTITY_SERVICE);
         let endpoint = self
             .balancer
@@ -301,21 +343,33 @@ impl ServiceClient {
         let issued: TokenResponse = response.json().await.map_err(|e| failure(e.to_string()))?;
         // Renew a little before expiry so a token never dies in flight.
         let lifetime = Duration::from_secs(issued.expires_in.unwrap_or(60));
-        let until = Instant::now() + lifetime.saturating_sub(Duration::from_secs(15));
+        let now = Instant::now();
         self.tokens
             .by_audience
             .lock()
             .expect("token cache lock")
-            .insert(audience.to_owned(), (issued.access_token.clone(), until));
-        Ok(Some(issued.access_token))
+            .insert(
+                audience.to_owned(),
+                CachedToken {
+                    token: issued.access_token.clone(),
+                    until: now + lifetime.saturating_sub(Duration::from_secs(15)),
+                    cached_at: now,
+                },
+            );
+        Ok(issued.access_token)
     }
 
-    fn forget_token(&self, audience: &str) {
-        self.tokens
-            .by_audience
-            .lock()
-            .expect("token cache lock")
-            .remove(audience);
+    /// Drops the cached token for `audience` after a request sent at `sent_at` was refused
+    /// with it, unless the token was cached after that (another caller, refused too, has
+    /// already fetched a fresh one, which is kept).
+    fn forget_token(&self, audience: &str, sent_at: Instant) {
+        let mut by_audience = self.tokens.by_audience.lock().expect("token cache lock");
+        if by_audience
+            .get(audience)
+            .is_some_and(|cached| cached.cached_at <= sent_at)
+        {
+            by_audience.remove(audience);
+        }
     }
 
     pub fn new(discovery: Discovery) -> Self {
@@ -570,6 +624,7 @@ impl ServiceClient {
         if let Ok(value) = reqwest::header::HeaderValue::from_str(&wait.as_millis().to_string()) {
             headers.insert(batch::wait_header(), value);
         }
+        let sent_at = Instant::now();
         let outcome = self
             .send(
                 service,
@@ -625,7 +680,7 @@ impl ServiceClient {
                     // The batch itself needs no token, so only its items can say the cached
                     // one is stale (rotated keys, a revocation): as `send` does for a call
                     // alone, those calls are sent again once, on their own, with a fresh one.
-                    self.forget_token(service);
+                    self.forget_token(service, sent_at);
                 }
                 let mut again = Vec::new();
                 for ((done, response), item) in
@@ -658,6 +713,7 @@ impl ServiceClient {
         headers: HeaderMap,
     ) -> Result<reqwest::Response, CallError> {
         let body = body.as_ref();
+        let sent_at = Instant::now();
         let first = self
             .send_once(service, method.clone(), path, body, headers.clone())
             .await;
@@ -665,7 +721,7 @@ impl ServiceClient {
             Err(CallError::Status { status: 401, .. })
                 if self.credentials.is_some() && service != IDENTITY_SERVICE =>
             {
-                self.forget_token(service);
+                self.forget_token(service, sent_at);
                 self.send_once(service, method, path, body, headers).await
             }
             other => other,
