@@ -379,6 +379,11 @@ pub struct CheckoutBenchArgs {
     /// it, orders are placed as fast as they are accepted and a backlog can build up.
     #[arg(long)]
     pub closed_loop: bool,
+    /// With `--closed-loop`: ask for the outcome with the placement (`Prefer: wait=5`, one
+    /// request per order) instead of a second, status request. The placement latency is then
+    /// the time to that answer, which carries the outcome.
+    #[arg(long, requires = "closed_loop")]
+    pub prefer_wait: bool,
     /// Shoppers to register and sign in (default: three per connection with `--closed-loop`, which
     /// takes turns between them, one otherwise).
     #[arg(long)]

@@ -87,6 +87,31 @@ impl Shop {
         self.place_in(key, card_token, postal_code, None)
     }
 
+    /// Places an order with a `Prefer` header; returns the status, the `Preference-Applied`
+    /// header and the body.
+    fn place_preferring(&self, key: &str, card_token: &str, prefer: &str) -> (u16, String, Value) {
+        let response = http()
+            .post(format!("{}/api/v1/orders", self.base))
+            .bearer_auth(&self.token)
+            .header("idempotency-key", key)
+            .header("prefer", prefer)
+            .json(&json!({
+                "shipping_address": {"name": "Test Shopper", "line1": "1 Main St",
+                    "city": "New York", "country": "US", "postal_code": "10001"},
+                "card_token": card_token,
+            }))
+            .send()
+            .expect("place order");
+        let status = response.status().as_u16();
+        let applied = response
+            .headers()
+            .get("preference-applied")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, applied, response.json().expect("json"))
+    }
+
     /// Places an order charged in `currency` (the catalogue's when `None`).
     fn place_in(
         &self,
@@ -431,7 +456,30 @@ fn checkout_scenario((shop, base_port): (Shop, u16)) {
     // A declined card and an unshippable address are cancelled, with the reason, and undone.
     shop.add_to_cart("kitchen-espresso-cup-set", 1);
     let declined = shop.card("4000000000000002");
-    let (_, placed) = shop.place("checkout-declined", &declined, "10001");
+    // A `Prefer: wait` that is not a whole number is refused, naming the header, and places
+    // nothing (the key is then placed below).
+    let (status, _, problem) =
+        shop.place_preferring("checkout-declined", &declined, "respond-async, wait=soon");
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["field"], "Prefer", "{problem}");
+    // With `Prefer: wait=N` the placement's answer waits for the outcome (N above 5 counts as
+    // 5): 201 with the order cancelled, or pending only once the whole wait has passed.
+    let asked = std::time::Instant::now();
+    let (status, applied, placed) =
+        shop.place_preferring("checkout-declined", &declined, "respond-async, wait=9");
+    assert_eq!(applied, "wait=5", "{placed}");
+    if placed["status"] == "pending" {
+        assert_eq!(status, 202, "{placed}");
+        assert!(asked.elapsed() >= Duration::from_secs(5), "{placed}");
+    } else {
+        assert_eq!(status, 201, "{placed}");
+        assert_eq!(placed["status"], "cancelled", "{placed}");
+    }
+    // The same key asked again, waiting, is the same order with its outcome.
+    let (again, _, replay) = shop.place_preferring("checkout-declined", &declined, "wait=5");
+    assert_eq!(again, 200, "{replay}");
+    assert_eq!(replay["order_id"], placed["order_id"], "{replay}");
+    assert_eq!(replay["status"], "cancelled", "{replay}");
     let order = shop.await_terminal(
         placed["order_id"].as_str().unwrap(),
         Duration::from_secs(60),
@@ -468,36 +516,44 @@ fn checkout_scenario((shop, base_port): (Shop, u16)) {
 #[test]
 fn the_checkout_benchmark_confirms_every_order_it_places() {
     let (shop, _) = Shop::start(&[]);
-    let output = std::process::Command::new(BIN)
-        .args([
-            "bench",
-            "checkout",
-            "--gateway",
-            &shop.base,
-            "--json",
-            "--closed-loop",
-        ])
-        .args(["--connections", "2", "--warmup", "1", "--seconds", "2"])
-        .env("BAZAAR_CONFIG_DIR", shop._data.path().join("cli"))
-        .output()
-        .expect("run bazaar bench checkout");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench checkout failed: {stderr}");
-    let report: Value = serde_json::from_slice(&output.stdout).expect("the --json report");
-    assert_eq!(
-        report["users"], 6,
-        "three shoppers per connection: {report:#}"
-    );
-    assert_eq!(report["errors"], json!({}), "{report:#}");
-    let accepted = report["accepted"].as_i64().expect("accepted");
-    assert!(accepted > 0, "{report:#}");
-    assert_eq!(report["window_orders_confirmed"], accepted, "{report:#}");
-    assert_eq!(report["window_orders_cancelled"], 0, "{report:#}");
-    assert!(
-        report["confirmed_per_second"].as_f64().unwrap() > 0.0,
-        "{report:#}"
-    );
-    assert!(report["confirmed_p99_ms"].as_f64().is_some(), "{report:#}");
+    // The status request that waits, then the outcome asked for with the placement.
+    for extra in [None, Some("--prefer-wait")] {
+        let output = std::process::Command::new(BIN)
+            .args([
+                "bench",
+                "checkout",
+                "--gateway",
+                &shop.base,
+                "--json",
+                "--closed-loop",
+            ])
+            .args(extra)
+            .args(["--connections", "2", "--warmup", "1", "--seconds", "2"])
+            .env("BAZAAR_CONFIG_DIR", shop._data.path().join("cli"))
+            .output()
+            .expect("run bazaar bench checkout");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "bench checkout {extra:?} failed: {stderr}"
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).expect("the --json report");
+        assert_eq!(report["prefer_wait"], extra.is_some(), "{report:#}");
+        assert_eq!(
+            report["users"], 6,
+            "three shoppers per connection: {report:#}"
+        );
+        assert_eq!(report["errors"], json!({}), "{report:#}");
+        let accepted = report["accepted"].as_i64().expect("accepted");
+        assert!(accepted > 0, "{report:#}");
+        assert_eq!(report["window_orders_confirmed"], accepted, "{report:#}");
+        assert_eq!(report["window_orders_cancelled"], 0, "{report:#}");
+        assert!(
+            report["confirmed_per_second"].as_f64().unwrap() > 0.0,
+            "{report:#}"
+        );
+        assert!(report["confirmed_p99_ms"].as_f64().is_some(), "{report:#}");
+    }
 }
 
 /// G6 and G4: orders is killed right after each step's remote call and before it records the

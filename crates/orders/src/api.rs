@@ -78,19 +78,85 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<String> {
     Ok(value)
 }
 
+/// The request header a client states preferences in (RFC 7240).
+const PREFER: http::HeaderName = http::HeaderName::from_static("prefer");
+/// The answer's header naming the preferences that were honoured.
+const PREFERENCE_APPLIED: http::HeaderName = http::HeaderName::from_static("preference-applied");
+
+/// The `wait` preference of a `Prefer` header (`Prefer: wait=5`, RFC 7240), in whole seconds,
+/// capped at [`OrderQuery::MAX_WAIT_SECONDS`] (a preference is a hint, so more is not an error).
+/// Other preferences are ignored; a `wait` that is not a whole number is a 400 naming the header.
+fn preferred_wait(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    let mut wait = None;
+    for value in headers.get_all(PREFER) {
+        let value = value
+            .to_str()
+            .map_err(|_| unreadable_prefer("must be printable ASCII"))?;
+        for preference in value.split(',') {
+            let Some((name, seconds)) = preference.split_once('=') else {
+                continue;
+            };
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                continue;
+            }
+            let seconds: u64 = seconds
+                .trim()
+                .trim_matches('"')
+                .parse()
+                .map_err(|_| unreadable_prefer("`wait` must be a whole number of seconds"))?;
+            wait = Some(seconds.min(OrderQuery::MAX_WAIT_SECONDS));
+        }
+    }
+    Ok(wait)
+}
+
+/// 400 naming the `Prefer` header: a value that cannot be read, as a `?wait=` that is not a
+/// number is.
+fn unreadable_prefer(detail: &str) -> ApiError {
+    ApiError::bad_request("invalid_header", detail).field("Prefer")
+}
+
+/// The answer to a placement: `order` as it stands, where to follow it, and the wait honoured.
+fn placement_answer(order: &StoredOrder, status: StatusCode, waited: Option<u64>) -> Response {
+    let mut response = (
+        status,
+        [(
+            http::header::LOCATION,
+            format!("/api/v1/orders/{}", order.id),
+        )],
+        axum::Json(placed(order)),
+    )
+        .into_response();
+    if let Some(seconds) = waited {
+        if let Ok(value) = http::HeaderValue::from_str(&format!("wait={seconds}")) {
+            response.headers_mut().insert(PREFERENCE_APPLIED, value);
+        }
+    }
+    response
+}
+
 fn placed(order: &StoredOrder) -> Placed {
     Placed {
         order_id: order.id.clone(),
         status: order.status.clone(),
+        status_reason: order.status_reason.clone(),
+        updated_at_ms: order.updated_at_ms,
         status_url: format!("/api/v1/orders/{}", order.id),
     }
 }
 
 /// Checks out the caller's cart. Answers 202 at once; the saga runs in the background. The
-/// same `Idempotency-Key` returns the same order (200) and never places a second one.
+/// same `Idempotency-Key` returns the same order (200) and never places a second one. With
+/// `Prefer: wait=N` (RFC 7240, N at most 5) the answer waits up to N seconds for the order to be
+/// confirmed or cancelled: 201 with its outcome if it was, 202 with `pending` if not (the
+/// status URL then tells the rest), so a client that wants the outcome asks once.
 #[utoipa::path(post, path = "/api/v1/orders", tag = "orders", request_body = PlaceOrder,
-    params(("Idempotency-Key" = String, Header, description = "Unique per checkout attempt")),
+    params(("Idempotency-Key" = String, Header, description = "Unique per checkout attempt"),
+        ("Prefer" = Option<String>, Header,
+            description = "`wait=N`: wait up to N seconds (at most 5) for the outcome")),
     responses(
+        (status = 201, description = "Order placed and finished while the request waited \
+            (`Prefer: wait`): its status is `confirmed` or `cancelled`", body = Placed),
         (status = 202, description = "Order accepted", body = Placed),
         (status = 200, description = "The order this key already placed", body = Placed),
         (status = 400, description = "Invalid input", body = Problem),
@@ -107,6 +173,7 @@ async fn place_order(
         return Err(AuthError::Forbidden("orders are placed by signed-in users".into()).into());
     }
     let key = idempotency_key(&headers)?;
+    let wait = preferred_wait(&headers)?;
     input.validate()?;
     if let Some(existing) = state
         .repository
@@ -114,7 +181,11 @@ async fn place_order(
         .await
         .map_err(db)?
     {
-        return Ok((StatusCode::OK, axum::Json(placed(&existing))).into_response());
+        let order = match wait {
+            Some(seconds) => until_finished(&state, &claims, &existing.id, seconds).await?,
+            None => existing,
+        };
+        return Ok(placement_answer(&order, StatusCode::OK, wait));
     }
     // The destination is looked up while the cart is read (two reads, sent side by side), so
     // the saga can start at the reservation. If it cannot be found now (an unknown postal
@@ -241,17 +312,71 @@ async fn place_order(
             .await
             .map_err(db)?
             .ok_or_else(|| ApiError::internal("order vanished after a key conflict"))?;
-        return Ok((StatusCode::OK, axum::Json(placed(&existing))).into_response());
+        return Ok(placement_answer(&existing, StatusCode::OK, None));
     }
-    let location = format!("/api/v1/orders/{}", order.id);
-    let answer = axum::Json(placed(&order));
+    let Some(seconds) = wait.filter(|seconds| *seconds > 0) else {
+        let answer = placement_answer(&order, StatusCode::ACCEPTED, wait);
+        state.saga.adopt(order);
+        return Ok(answer);
+    };
+    // Watched from before the saga starts, so its finish cannot slip past.
+    let watch = state.saga.finishes().watch(&order.id);
+    let id = order.id.clone();
     state.saga.adopt(order);
-    Ok((
-        StatusCode::ACCEPTED,
-        [(http::header::LOCATION, location)],
-        answer,
+    let order = read_until_finished(
+        &state,
+        &claims,
+        &id,
+        Some(&watch),
+        tokio::time::Instant::now() + std::time::Duration::from_secs(seconds),
     )
-        .into_response())
+    .await?;
+    let status = if order.status == "pending" {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(placement_answer(&order, status, wait))
+}
+
+/// Order `id` once it is confirmed or cancelled, or as it stands after `seconds`.
+async fn until_finished(
+    state: &AppState,
+    claims: &bazaar_auth::Claims,
+    id: &str,
+    seconds: u64,
+) -> ApiResult<StoredOrder> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    // Watched only when the caller waits, from before the first read: one read answers a
+    // finished order, and a pending one is read again only when it may have finished.
+    let watch = (seconds > 0).then(|| state.saga.finishes().watch(id));
+    read_until_finished(state, claims, id, watch.as_ref(), deadline).await
+}
+
+/// Reads order `id` (as [`visible_order`]) until it is no longer pending or `deadline` passes,
+/// woken by `watch` when this instance finishes it; without a watch, reads it once.
+async fn read_until_finished(
+    state: &AppState,
+    claims: &bazaar_auth::Claims,
+    id: &str,
+    watch: Option<&finishes::Watch<'_>>,
+    deadline: tokio::time::Instant,
+) -> ApiResult<StoredOrder> {
+    loop {
+        // Taken before the read, so a finish between the read and the wait is not missed.
+        let finished = watch.map(finishes::Watch::next_announcement);
+        let order = visible_order(state, claims, id).await?;
+        let now = tokio::time::Instant::now();
+        match finished {
+            Some(finished) if order.status == "pending" && now < deadline => {
+                // Woken when this instance finishes the order; read again now and then in case
+                // another instance does.
+                let _ =
+                    tokio::time::timeout_at(deadline.min(now + finishes::RECHECK), finished).await;
+            }
+            _ => return Ok(order),
+        }
+    }
 }
 
 async fn with_history(state: &AppState, orders: Vec<StoredOrder>) -> ApiResult<Vec<Order>> {
@@ -298,26 +423,7 @@ async fn get_order(
     Query(query): Query<OrderQuery>,
 ) -> ApiResult<axum::Json<Order>> {
     let wait = query.wait()?;
-    let deadline = tokio::time::Instant::now() + wait;
-    // Watched only when the caller waits, from before the first read: one read answers a
-    // finished order, and a pending one is read again only when it may have finished.
-    let watch = (!wait.is_zero()).then(|| state.saga.finishes().watch(&id));
-    let order = loop {
-        // Taken before the read, so a finish between the read and the wait is not missed.
-        let finished = watch.as_ref().map(finishes::Watch::next_announcement);
-        let order = visible_order(&state, &claims, &id).await?;
-        let now = tokio::time::Instant::now();
-        match finished {
-            Some(finished) if order.status == "pending" && now < deadline => {
-                // Woken when this instance finishes the order; read again now and then in case
-                // another instance does.
-                let _ =
-                    tokio::time::timeout_at(deadline.min(now + finishes::RECHECK), finished).await;
-            }
-            _ => break order,
-        }
-    };
-    drop(watch);
+    let order = until_finished(&state, &claims, &id, wait.as_secs()).await?;
     let history = state.repository.history(&id).await.map_err(db)?;
     Ok(axum::Json(order.into_order(history)))
 }

@@ -115,11 +115,17 @@ pub struct OrderLine {
     pub weight_grams: i64,
 }
 
-/// The answer to a placement: the order is accepted and its saga runs in the background.
+/// The answer to a placement: the order is accepted and its saga runs in the background (or,
+/// when the request waited with `Prefer: wait`, it may have finished).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Placed {
     pub order_id: String,
+    /// `pending`, `confirmed` or `cancelled`.
     pub status: String,
+    /// Why a cancelled order was cancelled, or what a pending one is doing or waiting for.
+    pub status_reason: String,
+    /// When the order last changed (for a confirmed order, its confirmation), Unix ms.
+    pub updated_at_ms: i64,
     /// Poll this for progress.
     pub status_url: String,
 }

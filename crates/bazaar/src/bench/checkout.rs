@@ -9,7 +9,8 @@
 //! Load: `--connections` loops each place orders back to back (one request in flight, a fresh
 //! `Idempotency-Key` each) for `--warmup` and then `--seconds`; with `--closed-loop` each loop
 //! first waits for its order to finish (one status request the orders service holds until the
-//! order is done: `?wait=`), so the offered load is what the
+//! order is done: `?wait=`; with `--prefer-wait` the placement itself carries `Prefer: wait=5`
+//! and its answer the outcome, one request per order), so the offered load is what the
 //! saga sustains instead of a growing backlog. An order takes the whole cart and
 //! its confirmation removes the ordered unit from the cart asynchronously (an event), so a
 //! cart holds one unit or none: a placement answered `422 empty_cart` puts the unit back and
@@ -66,9 +67,11 @@ pub struct CheckoutReport {
     pub connections: usize,
     pub users: usize,
     pub closed_loop: bool,
+    /// Closed loop with the outcome asked for in the placement (`Prefer: wait`).
+    pub prefer_wait: bool,
     pub warmup_seconds: u64,
     pub window_seconds: f64,
-    /// Orders accepted (202) during the window.
+    /// Orders accepted (201 or 202) during the window.
     pub accepted: u64,
     pub accepted_per_second: f64,
     pub placement_p50_ms: f64,
@@ -134,6 +137,20 @@ struct Outcome {
     reason: String,
     /// When its last step committed (its confirmation, for a confirmed order), Unix ms.
     updated_at_ms: i64,
+}
+
+impl Outcome {
+    /// Read from an order, or from a placement's answer (which has the same three fields).
+    fn of(order: &Value) -> Option<Self> {
+        Some(Self {
+            status: order["status"].as_str()?.to_owned(),
+            reason: order["status_reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            updated_at_ms: order["updated_at_ms"].as_i64()?,
+        })
+    }
 }
 
 pub async fn run(global: Global, args: CheckoutBenchArgs) -> anyhow::Result<()> {
@@ -202,7 +219,11 @@ async fn measure(global: &Global, args: &CheckoutBenchArgs) -> anyhow::Result<Ch
             product.clone(),
             run_id.clone(),
         );
-        let closed_loop = args.closed_loop;
+        let mode = match (args.closed_loop, args.prefer_wait) {
+            (false, _) => LoopMode::Open,
+            (true, false) => LoopMode::Closed,
+            (true, true) => LoopMode::ClosedPreferWait,
+        };
         loops.push(tokio::spawn(async move {
             place_loop(
                 &api,
@@ -210,7 +231,7 @@ async fn measure(global: &Global, args: &CheckoutBenchArgs) -> anyhow::Result<Ch
                 &product,
                 &run_id,
                 (connection, connections),
-                closed_loop,
+                mode,
                 (window_start, window_end),
             )
             .await
@@ -291,6 +312,7 @@ async fn measure(global: &Global, args: &CheckoutBenchArgs) -> anyhow::Result<Ch
         connections,
         users,
         closed_loop: args.closed_loop,
+        prefer_wait: args.prefer_wait,
         warmup_seconds: warmup.as_secs(),
         window_seconds,
         accepted: in_window.len() as u64,
@@ -315,6 +337,17 @@ async fn measure(global: &Global, args: &CheckoutBenchArgs) -> anyhow::Result<Ch
     })
 }
 
+/// How a connection paces its placements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoopMode {
+    /// The next order as soon as the last is accepted.
+    Open,
+    /// The next order once the last has finished, learnt from a status request that waits.
+    Closed,
+    /// As `Closed`, the outcome asked for in the placement (`Prefer: wait=5`).
+    ClosedPreferWait,
+}
+
 /// Places orders back to back until the window's end, taking turns between the shoppers
 /// `connection`, `connection + connections`, ... (shopper `connection % shoppers` when there
 /// are fewer shoppers than connections); those sent from the window's start on are the measured
@@ -325,9 +358,10 @@ async fn place_loop(
     product: &str,
     run_id: &str,
     (connection, connections): (usize, usize),
-    closed_loop: bool,
+    mode: LoopMode,
     (window_start, window_end): (Instant, Instant),
 ) -> LoopResult {
+    let closed_loop = mode != LoopMode::Open;
     let mut mine: Vec<usize> = (connection..shoppers.len()).step_by(connections).collect();
     if mine.is_empty() {
         mine.push(connection % shoppers.len());
@@ -355,7 +389,7 @@ async fn place_loop(
         }
         let sent = Instant::now();
         let sent_at_ms = unix_ms();
-        let response = api
+        let mut request = api
             .http
             .post(format!("{}/api/v1/orders", api.gateway))
             .bearer_auth(&shopper.token)
@@ -363,9 +397,11 @@ async fn place_loop(
                 "idempotency-key",
                 format!("bench-{run_id}-{connection}-{sequence}"),
             )
-            .json(&body)
-            .send()
-            .await;
+            .json(&body);
+        if mode == LoopMode::ClosedPreferWait {
+            request = request.header("prefer", "wait=5");
+        }
+        let response = request.send().await;
         let response = match response {
             Ok(response) => response,
             Err(error) => {
@@ -383,7 +419,7 @@ async fn place_loop(
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         let latency = sent.elapsed();
         match status {
-            202 => match answer["order_id"].as_str() {
+            201 | 202 => match answer["order_id"].as_str() {
                 Some(id) => {
                     result.placements.push(Placement {
                         order_id: id.to_owned(),
@@ -393,7 +429,12 @@ async fn place_loop(
                         in_window: sent >= window_start,
                     });
                     if closed_loop {
-                        if let Some(outcome) = await_order(api, &shopper.token, id).await {
+                        // An answer that waited (`Prefer: wait`) may carry the outcome.
+                        let outcome = match Outcome::of(&answer) {
+                            Some(outcome) if outcome.status != "pending" => Some(outcome),
+                            _ => await_order(api, &shopper.token, id).await,
+                        };
+                        if let Some(outcome) = outcome {
                             result.outcomes.push((id.to_owned(), outcome));
                         }
                     }
@@ -401,7 +442,7 @@ async fn place_loop(
                 None => {
                     *result
                         .errors
-                        .entry("202 without order_id".into())
+                        .entry(format!("{status} without order_id"))
                         .or_default() += 1
                 }
             },
@@ -645,14 +686,7 @@ impl Api {
             .call(token, reqwest::Method::GET, path, None)
             .await
             .ok()?;
-        Some(Outcome {
-            status: order["status"].as_str()?.to_owned(),
-            reason: order["status_reason"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            updated_at_ms: order["updated_at_ms"].as_i64()?,
-        })
+        Outcome::of(&order)
     }
 
     /// Signs in without a browser: the authorization code flow with PKCE through the login
@@ -818,14 +852,18 @@ fn print_report(r: &CheckoutReport) {
         "checkout through {} ({} connections{}, {} shoppers, {:.1}s measured after {}s warm-up)\n",
         r.gateway,
         r.connections,
-        if r.closed_loop { ", closed loop" } else { "" },
+        match (r.closed_loop, r.prefer_wait) {
+            (true, true) => ", closed loop, outcome with the placement",
+            (true, false) => ", closed loop",
+            _ => "",
+        },
         r.users,
         r.window_seconds,
         r.warmup_seconds
     );
     let rows = vec![
         vec![
-            "orders accepted (202)".to_owned(),
+            "orders accepted (201/202)".to_owned(),
             r.accepted.to_string(),
             format!("{:.0}", r.accepted_per_second),
             format!("{:.2}", r.placement_p50_ms),
