@@ -181,11 +181,7 @@ async fn place_order(
         .await
         .map_err(db)?
     {
-        let order = match wait {
-            Some(seconds) => until_finished(&state, &claims, &existing.id, seconds).await?,
-            None => existing,
-        };
-        return Ok(placement_answer(&order, StatusCode::OK, wait));
+        return answer_existing(&state, &claims, existing, wait).await;
     }
     // The destination is looked up while the cart is read (two reads, sent side by side), so
     // the saga can start at the reservation. If it cannot be found now (an unknown postal
@@ -312,7 +308,7 @@ async fn place_order(
             .await
             .map_err(db)?
             .ok_or_else(|| ApiError::internal("order vanished after a key conflict"))?;
-        return Ok(placement_answer(&existing, StatusCode::OK, None));
+        return answer_existing(&state, &claims, existing, wait).await;
     }
     let Some(seconds) = wait.filter(|seconds| *seconds > 0) else {
         let answer = placement_answer(&order, StatusCode::ACCEPTED, wait);
@@ -337,6 +333,21 @@ async fn place_order(
         StatusCode::CREATED
     };
     Ok(placement_answer(&order, status, wait))
+}
+
+/// The answer (200) to a placement whose key already placed `existing`: the order as it
+/// stands, or, asked to wait, once it finishes or the wait passes.
+async fn answer_existing(
+    state: &AppState,
+    claims: &bazaar_auth::Claims,
+    existing: StoredOrder,
+    wait: Option<u64>,
+) -> ApiResult<Response> {
+    let order = match wait {
+        Some(seconds) => until_finished(state, claims, &existing.id, seconds).await?,
+        None => existing,
+    };
+    Ok(placement_answer(&order, StatusCode::OK, wait))
 }
 
 /// Order `id` once it is confirmed or cancelled, or as it stands after `seconds`.
