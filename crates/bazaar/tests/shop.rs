@@ -90,16 +90,11 @@ impl Shop {
     /// Places an order with a `Prefer` header; returns the status, the `Preference-Applied`
     /// header and the body.
     fn place_preferring(&self, key: &str, card_token: &str, prefer: &str) -> (u16, String, Value) {
-        let response = http()
-            .post(format!("{}/api/v1/orders", self.base))
-            .bearer_auth(&self.token)
-            .header("idempotency-key", key)
+        let response = self
+            .placement(key, card_token, "10001", None)
             .header("prefer", prefer)
-            .json(&json!({
-                "shipping_address": {"name": "Test Shopper", "line1": "1 Main St",
-                    "city": "New York", "country": "US", "postal_code": "10001"},
-                "card_token": card_token,
-            }))
+            // The answer may wait 5 s, the usual client's whole timeout.
+            .timeout(Duration::from_secs(15))
             .send()
             .expect("place order");
         let status = response.status().as_u16();
@@ -120,6 +115,23 @@ impl Shop {
         postal_code: &str,
         currency: Option<&str>,
     ) -> (u16, Value) {
+        let response = self
+            .placement(key, card_token, postal_code, currency)
+            .send()
+            .expect("place order");
+        let status = response.status().as_u16();
+        (status, response.json().expect("json"))
+    }
+
+    /// The checkout request, ready to send: shipping to `postal_code` in New York, charged in
+    /// `currency` (the catalogue's when `None`).
+    fn placement(
+        &self,
+        key: &str,
+        card_token: &str,
+        postal_code: &str,
+        currency: Option<&str>,
+    ) -> reqwest::blocking::RequestBuilder {
         let mut body = json!({
             "shipping_address": {"name": "Test Shopper", "line1": "1 Main St", "city": "New York",
                 "country": "US", "postal_code": postal_code},
@@ -128,15 +140,11 @@ impl Shop {
         if let Some(currency) = currency {
             body["currency"] = json!(currency);
         }
-        let response = http()
+        http()
             .post(format!("{}/api/v1/orders", self.base))
             .bearer_auth(&self.token)
             .header("idempotency-key", key)
             .json(&body)
-            .send()
-            .expect("place order");
-        let status = response.status().as_u16();
-        (status, response.json().expect("json"))
     }
 
     fn order(&self, id: &str) -> Value {
