@@ -290,9 +290,9 @@ impl ServiceClient {
     /// A token for `audience`, from the cache or freshly issued by the identity service (one
     /// request at a time per audience, whoever else needs one meanwhile).
     pub async fn token_for(&self, audience: &str) -> Result<Option<String>, CallError> {
-        if self.credentials.is_none() {
+        let Some(credentials) = &self.credentials else {
             return Ok(None);
-        }
+        };
         if let Some(token) = self.tokens.valid(audience) {
             return Ok(Some(token));
         }
@@ -302,19 +302,19 @@ impl ServiceClient {
         if let Some(token) = self.tokens.valid(audience) {
             return Ok(Some(token));
         }
-        self.fetch_token(audience).await.map(Some)
+        self.fetch_token(audience, credentials).await.map(Some)
     }
 
     /// Asks the identity service for a token for `audience` and caches it.
-    async fn fetch_token(&self, audience: &str) -> Result<String, CallError> {
+    async fn fetch_token(
+        &self,
+        audience: &str,
+        credentials: &Credentials,
+    ) -> Result<String, CallError> {
         let failure = |reason: String| CallError::Token {
             audience: audience.to_owned(),
             reason,
         };
-        let credentials = self
-            .credentials
-            .as_ref()
-            .ok_or_else(|| failure("no client credentials".into()))?;
         let instances = self.discovery.instances(IDENTITY_SERVICE);
         let endpoint = self
             .balancer
