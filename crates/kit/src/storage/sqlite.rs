@@ -215,15 +215,21 @@ impl Sqlite {
             return self.command("ROLLBACK");
         }
         let savepoint = self.savepoints;
-        self.command(&format!(
-            "ROLLBACK TO SAVEPOINT bazaar_{savepoint}; RELEASE SAVEPOINT bazaar_{savepoint}"
-        ))?;
+        self.command(&format!("ROLLBACK TO SAVEPOINT bazaar_{savepoint}"))?;
+        self.command(&format!("RELEASE SAVEPOINT bazaar_{savepoint}"))?;
         self.savepoints -= 1;
         Ok(())
     }
 
+    /// Runs one statement without parameters or rows, prepared once and kept: every
+    /// transaction and savepoint begins and ends with one, which `execute_batch` would parse
+    /// again each time.
     fn command(&mut self, sql: &str) -> Result<(), sqlx::Error> {
-        self.connection.execute_batch(sql).map_err(into_sqlx)
+        self.connection
+            .prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([]))
+            .map(drop)
+            .map_err(into_sqlx)
     }
 
     /// Whether a transaction is open on this connection.
